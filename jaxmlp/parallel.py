@@ -1,0 +1,72 @@
+"""Where arrays live when there is more than one device.
+
+One 1-D mesh over every device. A single model trains data-parallel: the
+dataset and parameters are replicated and each step's batch axis is split
+over the mesh (XLA inserts the gradient all-reduce). An ensemble whose size
+the device count divides is split over the model axis instead: members are
+independent, so that needs no communication at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+AXIS = "devices"
+
+
+class PlacementError(ValueError):
+    """The run cannot be split over the devices as configured."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    mesh: Mesh | None
+    mode: str  # 'single' | 'data' (batch split) | 'model' (ensemble members split)
+
+    @property
+    def num_devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.size
+
+    @property
+    def replicated(self):
+        return None if self.mesh is None else NamedSharding(self.mesh, P())
+
+    @property
+    def batch_sharding(self):
+        """The sharding constraint for a step's batch (None: leave it to XLA)."""
+        return NamedSharding(self.mesh, P(AXIS)) if self.mode == "data" else None
+
+    @property
+    def state_sharding(self):
+        """The sharding of a state's/history's leaves (leading model axis in 'model' mode)."""
+        if self.mesh is None:
+            return None
+        return NamedSharding(self.mesh, P(AXIS) if self.mode == "model" else P())
+
+    def put_state(self, tree):
+        s = self.state_sharding
+        return tree if s is None else jax.device_put(tree, s)
+
+    def put_replicated(self, tree):
+        s = self.replicated
+        return jax.device_put(tree) if s is None else jax.device_put(tree, s)
+
+
+def plan(batch_size: int, num_models: int = 1, devices=None) -> Placement:
+    """Choose how to spread a run of ``num_models`` models over ``devices`` (default: all)."""
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    if n == 1:
+        return Placement(None, "single")
+    mesh = Mesh(np.asarray(devices), (AXIS,))
+    if num_models > 1 and num_models % n == 0:
+        return Placement(mesh, "model")
+    if batch_size % n:
+        raise PlacementError(
+            f"batch size {batch_size} cannot be split evenly over {n} devices; "
+            f"use a multiple of {n} (e.g. --batch-size {((batch_size + n - 1) // n) * n})")
+    return Placement(mesh, "data")
