@@ -79,7 +79,7 @@ def param_percentiles(params) -> tuple[jax.Array, jax.Array]:
 
 def to_numpy(history: dict) -> dict:
     """Host copy; shared keys lose the model axis a vmapped ensemble gave them."""
-    out = {k: np.asarray(v) for k, v in history.items()}
+    out = {k: np.array(v) for k, v in history.items()}  # writable host copies
     for k in SHARED_KEYS:
         if k in out and out[k].ndim > 1:
             out[k] = out[k][0]

@@ -52,9 +52,15 @@ class Data(NamedTuple):
     test_labels: jax.Array
 
 
-def optimizer(learning_rate: float) -> optax.GradientTransformation:
-    """Plain SGD, with the learning rate kept in the optimizer state (one program for any lr)."""
-    return optax.inject_hyperparams(optax.sgd)(learning_rate=learning_rate)
+@functools.cache
+def sgd() -> optax.GradientTransformation:
+    """Plain SGD with the learning rate kept in the optimizer state.
+
+    One cached object, so every state built here has the same static
+    optimizer: states compare equal in structure, stack into ensembles and
+    reuse one compiled program whatever their learning rate.
+    """
+    return optax.inject_hyperparams(optax.sgd)(learning_rate=0.0)  # the real lr is set per state
 
 
 def init_params(key: jax.Array, config: Config):
@@ -64,27 +70,33 @@ def init_params(key: jax.Array, config: Config):
 
 def init_state(key: jax.Array, config: Config, *, learning_rate=None,
                tx: optax.GradientTransformation | None = None) -> TrainState:
-    """A fresh state for one model. ``learning_rate`` may be a traced scalar (ensembles)."""
+    """A fresh state for one model.
+
+    ``learning_rate`` (default ``config.learning_rate``) may be a traced scalar
+    (ensembles). Pass ``tx`` to train with any other Optax transformation; it
+    is then used as given.
+    """
     graphdef, params = init_params(key, config)
-    tx = tx if tx is not None else optimizer(config.learning_rate)
-    opt_state = tx.init(params)
-    if learning_rate is not None:
-        opt_state = _with_learning_rate(opt_state, learning_rate)
+    if tx is None:
+        tx = sgd()
+        opt_state = _with_learning_rate(tx.init(params), config.learning_rate
+                                        if learning_rate is None else learning_rate)
+    else:
+        opt_state = tx.init(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
                       graphdef=graphdef, tx=tx)
 
 
 def init_ensemble(keys: jax.Array, learning_rates: jax.Array, config: Config) -> TrainState:
     """K states stacked on a leading axis: keys (K,), learning_rates (K,)."""
-    tx = optimizer(config.learning_rate)  # one static optimizer; each member's lr is state
     graphdef = init_params(keys[0], config)[0]
 
     def one(key, lr):
-        s = init_state(key, config, learning_rate=lr, tx=tx)
+        s = init_state(key, config, learning_rate=lr)
         return s.step, s.params, s.opt_state
 
     step, params, opt_state = jax.vmap(one)(keys, jnp.asarray(learning_rates, jnp.float32))
-    return TrainState(step=step, params=params, opt_state=opt_state, graphdef=graphdef, tx=tx)
+    return TrainState(step=step, params=params, opt_state=opt_state, graphdef=graphdef, tx=sgd())
 
 
 def _with_learning_rate(opt_state, learning_rate):

@@ -1,0 +1,39 @@
+"""The configuration: the original's defaults and loud validation."""
+
+import pytest
+
+from jaxmlp.config import Config, ConfigError
+
+
+def test_defaults_are_the_original_experiment():
+    c = Config()
+    assert c.hidden == (200, 100, 60, 30)
+    assert (c.batch_size, c.steps, c.eval_every, c.log_every, c.seed) == (100, 10_000, 100, 1_000, 0)
+    assert c.learning_rate * 1 / c.batch_size == pytest.approx(0.003)  # summed-loss lr of 2017
+    assert c.init_stddev == 0.1 and c.dataset == "mnist"
+    assert c.num_evals == 101 and c.members == [(0, 0.3)] and not c.is_ensemble
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    (dict(batch_size=0), "batch_size"),
+    (dict(learning_rate=-1.0), "learning_rate"),
+    (dict(learning_rate=float("nan")), "learning_rate"),
+    (dict(steps=1000, eval_every=300), "must divide steps"),
+    (dict(log_every=150), "multiple of eval_every"),
+    (dict(dataset="cifar10"), "accepted: mnist, fashion_mnist, kmnist"),
+    (dict(hidden=(200, 0)), "hidden"),
+    (dict(seeds=(1, 1)), "repeat"),
+    (dict(learning_rates=(0.1, 0.0)), "positive"),
+])
+def test_invalid_values_fail_with_one_line(changes, fragment):
+    with pytest.raises(ConfigError) as e:
+        Config(**changes)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_round_trips_through_a_dict_and_ensemble_members_are_a_product():
+    c = Config(hidden=[64, 32], seeds=[0, 1], learning_rates=[0.1, 0.3])
+    assert Config.from_dict(c.to_dict()) == c
+    assert c.members == [(0, 0.1), (0, 0.3), (1, 0.1), (1, 0.3)]
+    with pytest.raises(ConfigError):
+        Config.from_dict({**c.to_dict(), "momentum": 0.9})
