@@ -9,6 +9,7 @@ checkpoints and honours Ctrl-C/SIGTERM; everything else stays on the device.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -67,35 +68,31 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None, dataset: d
 
     members = config.members
     placement = parallel.plan(config.batch_size, len(members), devices)
-    ensemble = config.is_ensemble
     dev_data = placement.put_replicated(train.Data(
         jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels, jnp.int32),
         jnp.asarray(dataset.test_images), jnp.asarray(dataset.test_labels, jnp.int32)))
-    state, history, orders = init_run(config, n_train)
-    state, history, orders = placement.put_state((state, history, orders))
+    state, history, orders = placement.put_state(init_run(config, n_train))
 
     static_eval = dict(eval_every=config.eval_every, eval_batch_size=config.eval_batch_size)
     static_run = dict(num_steps=config.eval_every, batch_size=config.batch_size,
                       batch_sharding=placement.batch_sharding)
-    run_steps, record, evaluate_into = (
-        (train.ensemble_run_steps, train.ensemble_record, train.ensemble_evaluate_into) if ensemble
-        else (train.run_steps, train.record, train.evaluate_into))
+    run_steps, record = ((train.ensemble_run_steps, train.ensemble_record) if config.is_ensemble
+                         else (train.run_steps, train.record))
+    # Compile both programs ahead of time so compile time is measured on its own.
+    num_models = len(members) if config.is_ensemble else None
+    run_c = run_steps.lower(state, dev_data, orders, **static_run).compile()
+    no_metrics = placement.put_state(train.nan_metrics(config.eval_every, num_models))
+    record_c = record.lower(state, history, no_metrics, dev_data, **static_eval).compile()
+    clock["compiled"] = time.perf_counter()
 
     mngr = checkpoint.manager(out_dir) if out_dir is not None else None
     if resume:
         if mngr is None or mngr.latest_step() is None:
             raise FileNotFoundError(f"nothing to resume in {out_dir!r}: it holds no checkpoint")
-        state, history = checkpoint.restore(mngr, state, history)
-        state, history = placement.put_state((state, history))
+        state, history = placement.put_state(checkpoint.restore(mngr, state, history))
     else:
-        history, _ = evaluate_into(state, history, dev_data, **static_eval)
+        history, _ = record_c(state, history, no_metrics, dev_data)  # the step-0 evaluation
     step = int(np.max(jax.device_get(state.step)))
-
-    # Compile both programs ahead of time so compile time is measured on its own.
-    run_c = run_steps.lower(state, dev_data, orders, **static_run).compile()
-    metrics_shape = jax.eval_shape(lambda s: run_steps(s, dev_data, orders, **static_run)[1], state)
-    record_c = record.lower(state, history, metrics_shape, dev_data, **static_eval).compile()
-    clock["compiled"] = time.perf_counter()
 
     reporter = Reporter(config.steps, start_step=step, log_every=config.log_every,
                         examples_per_epoch=n_train, batch_size=config.batch_size, quiet=quiet)
@@ -148,6 +145,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None, dataset: d
     return state, host_history
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def init_run(config: Config, num_examples: int):
     """(state, history, orders) at step 0; ensembles get a leading model axis on each.
 
@@ -174,14 +172,18 @@ def write_records(out_dir, config, state, history, dataset, placement, clock, ti
     """history.npz, misclassified.npz, summary.json and the figures, each written atomically."""
     from jaxmlp import plot  # matplotlib is only needed once a run ends
 
-    files = {"config": CONFIG_FILE, "history": "history.npz"}
-    records.atomic_save_npz(os.path.join(out_dir, "history.npz"), history)
+    files = {"config": CONFIG_FILE, "history": records.HISTORY_FILE}
+    records.atomic_save_npz(os.path.join(out_dir, records.HISTORY_FILE), history)
+    wrong = None
     if not config.is_ensemble:
         wrong = train.misclassified(state, dataset.test_images, dataset.test_labels)
-        records.atomic_save_npz(os.path.join(out_dir, "misclassified.npz"), wrong)
-        files["misclassified"] = "misclassified.npz"
-    files.update(plot.plot_run(out_dir))
+        records.atomic_save_npz(os.path.join(out_dir, records.MISCLASSIFIED_FILE), wrong)
+        files["misclassified"] = records.MISCLASSIFIED_FILE
+    members = [f"seed {s}, lr {lr:g}" for s, lr in config.members] if config.is_ensemble else None
+    for path in plot.plot_history(history, out_dir, misclassified=wrong, members=members):
+        files[os.path.splitext(os.path.basename(path))[0] + "_plot"] = os.path.basename(path)
     files["checkpoints"] = "checkpoints"
+    files["summary"] = records.SUMMARY_FILE
     clock["written"] = time.perf_counter()
     summary = {
         "status": status,

@@ -229,7 +229,9 @@ def _record(state, history, metrics, data, *, eval_every: int, eval_batch_size: 
     """After a run of steps ending at ``state.step``: store its per-step ``metrics``
     (n,), score the whole test set, and return the few scalars the host reads.
 
-    Returns (history, report).
+    Returns (history, report). At step 0, pass NaN ``metrics`` (``nan_metrics``):
+    the write lands on the not-yet-run (NaN) steps, so one compiled program
+    also records the initial evaluation.
     """
     start = state.step - metrics["loss"].shape[-1]
     history = hist.write_train(history, start, metrics)
@@ -240,10 +242,15 @@ def _record(state, history, metrics, data, *, eval_every: int, eval_batch_size: 
     return history, report
 
 
+def nan_metrics(num_steps: int, num_models: int | None = None) -> dict:
+    """Placeholder per-step metrics, for ``record`` at step 0."""
+    shape = (num_steps,) if num_models is None else (num_models, num_steps)
+    return {"loss": jnp.full(shape, jnp.nan, jnp.float32), "accuracy": jnp.full(shape, jnp.nan, jnp.float32)}
+
+
 _EVAL_STATIC = ("eval_every", "eval_batch_size")
 _RUN_STATIC = ("num_steps", "batch_size", "batch_sharding")
 
-evaluate_into = jax.jit(_evaluate_into, static_argnames=_EVAL_STATIC, donate_argnums=1)
 record = jax.jit(_record, static_argnames=_EVAL_STATIC, donate_argnums=1)
 
 
@@ -257,8 +264,6 @@ def _ensemble(fn, in_axes):
 # The same functions for K models at once (state, history, orders and metrics carry a K axis).
 ensemble_run_steps = jax.jit(_ensemble(_run_steps, (0, None, 0)),
                              static_argnames=_RUN_STATIC, donate_argnums=0)
-ensemble_evaluate_into = jax.jit(_ensemble(_evaluate_into, (0, 0, None)),
-                                 static_argnames=_EVAL_STATIC, donate_argnums=1)
 ensemble_record = jax.jit(_ensemble(_record, (0, 0, 0, None)),
                           static_argnames=_EVAL_STATIC, donate_argnums=1)
 
