@@ -1,0 +1,33 @@
+"""jaxmlp: Görner's 5-layer MNIST experiment as a pure, fused JAX module.
+
+    from jaxmlp import Config, init_state, train_step, evaluate, train_and_evaluate
+
+Names are imported on first use, so ``jaxmlp.plot`` and ``jaxmlp.records``
+load without JAX.
+"""
+
+import importlib
+
+_PUBLIC = {
+    "Config": "config", "ConfigError": "config", "DATASETS": "config",
+    "MLP": "model",
+    "TrainState": "train", "Data": "train", "init_state": "train", "init_ensemble": "train",
+    "train_step": "train", "evaluate": "train", "run_steps": "train", "ensemble_run_steps": "train",
+    "epoch_orders": "train", "batch_at": "train", "sgd": "train",
+    "train_and_evaluate": "run",
+    "load_dataset": ("data", "load"), "Dataset": "data", "DataError": "data",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'jaxmlp' has no attribute {name!r}")
+    module, attr = _PUBLIC[name] if isinstance(_PUBLIC[name], tuple) else (_PUBLIC[name], name)
+    value = getattr(importlib.import_module(f"jaxmlp.{module}"), attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

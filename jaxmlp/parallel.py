@@ -49,11 +49,22 @@ class Placement:
 
     def put_state(self, tree):
         s = self.state_sharding
-        return tree if s is None else jax.device_put(tree, s)
+        return tree if s is None else _put(tree, s)
 
     def put_replicated(self, tree):
         s = self.replicated
-        return jax.device_put(tree) if s is None else jax.device_put(tree, s)
+        return jax.device_put(tree) if s is None else _put(tree, s)
+
+
+def _put(tree, sharding):
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    # Across processes each host builds its shards from its own copy (device_put would
+    # compare the copies, and NaN placeholders never compare equal).
+    def one(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(one, tree)
 
 
 def plan(batch_size: int, num_models: int = 1, devices=None) -> Placement:
@@ -63,7 +74,9 @@ def plan(batch_size: int, num_models: int = 1, devices=None) -> Placement:
     if n == 1:
         return Placement(None, "single")
     mesh = Mesh(np.asarray(devices), (AXIS,))
-    if num_models > 1 and num_models % n == 0:
+    # Across processes, keep everything replicated but the batch, so every host can read
+    # the metrics and parameters it reports without a gather.
+    if num_models > 1 and num_models % n == 0 and jax.process_count() == 1:
         return Placement(mesh, "model")
     if batch_size % n:
         raise PlacementError(

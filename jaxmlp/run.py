@@ -54,6 +54,13 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None, dataset: d
     ``started``: ``time.perf_counter()`` at process start, for the startup timing.
     """
     clock = {"started": time.perf_counter() if started is None else started}
+    if jax.process_count() > 1:
+        # Many hosts: every process trains; only the first writes records, and checkpoints
+        # (which would need every process to write its shards) are not supported yet.
+        if resume or config.checkpoint_every:
+            raise ConfigError("--resume and --checkpoint-every are not supported with several processes")
+        if jax.process_index() != 0:
+            out_dir = None
     if out_dir is not None:
         records.check_writable(out_dir, min_free_bytes=_output_bytes(config))
         if not resume:
@@ -85,7 +92,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None, dataset: d
     record_c = record.lower(state, history, no_metrics, dev_data, **static_eval).compile()
     clock["compiled"] = time.perf_counter()
 
-    mngr = checkpoint.manager(out_dir) if out_dir is not None else None
+    mngr = checkpoint.manager(out_dir) if out_dir is not None and jax.process_count() == 1 else None
     if resume:
         if mngr is None or mngr.latest_step() is None:
             raise FileNotFoundError(f"nothing to resume in {out_dir!r}: it holds no checkpoint")
@@ -129,7 +136,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None, dataset: d
         error = (f"training diverged: the loss is not finite from step {bad} "
                  f"(learning rate {config.learning_rate}); lower --learning-rate")
     if out_dir is not None:
-        if status != "diverged":  # a diverged state is not worth resuming from
+        if mngr is not None and status != "diverged":  # a diverged state is not worth resuming from
             checkpoint.save(mngr, state, history)
         timings = {"train_seconds": train_s, "eval_seconds": eval_s}
         write_records(out_dir, config, state, host_history, dataset, placement, clock, timings,

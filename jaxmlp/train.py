@@ -271,8 +271,9 @@ ensemble_record = jax.jit(_ensemble(_record, (0, 0, 0, None)),
 def misclassified(state: TrainState, images: np.ndarray, labels: np.ndarray, *, limit: int = 40,
                   batch_size: int = 10_000) -> dict[str, Any]:
     """Up to ``limit`` misclassified test images of a single model: image, predicted, label."""
+    params = jax.device_get(state.params)  # a host copy: this runs on one process's device only
     preds = np.concatenate([
-        np.asarray(_predict(state.params, images[i:i + batch_size], graphdef=state.graphdef))
+        np.asarray(_predict(params, images[i:i + batch_size], graphdef=state.graphdef))
         for i in range(0, len(images), batch_size)])
     wrong = np.flatnonzero(preds != labels)[:limit]
     return {"image": np.asarray(images)[wrong], "predicted": preds[wrong].astype(np.int32),

@@ -1,0 +1,55 @@
+"""Many devices: 8 CPU devices (XLA's host-platform device count) in a subprocess.
+
+Data parallel (batch split, parameters replicated) and ensemble-parallel
+(members split) runs must match the 1-device run; an unsplittable batch fails
+before training.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {tests!r})
+    from test_run import synthetic
+    from jaxmlp import parallel, run
+    from jaxmlp.config import Config
+
+    assert len(jax.devices()) == 8, jax.devices()
+    data = synthetic()
+    out = {{}}
+    base = dict(hidden=(32, 16), batch_size=48, steps=60, eval_every=20, log_every=20)
+    for name, extra in [("single", {{}}), ("ensemble", dict(seeds=tuple(range(8))))]:
+        c = Config(**base, **extra)
+        _, one = run.train_and_evaluate(c, dataset=data, quiet=True, devices=jax.devices()[:1])
+        _, eight = run.train_and_evaluate(c, dataset=data, quiet=True, out_dir={out!r} + "/" + name)
+        out[name] = {{k: float(np.max(np.abs(one[k] - eight[k])))
+                     for k in ("train_loss", "test_loss", "test_accuracy")}}
+        out[name + "_mode"] = json.load(open({out!r} + "/" + name + "/summary.json"))["placement"]
+    try:
+        parallel.plan(50, 1)
+    except parallel.PlacementError as e:
+        out["error"] = str(e)
+    print("RESULT", json.dumps(out))
+""")
+
+
+def test_eight_devices_match_one(tmp_path):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
+    code = _SCRIPT.format(tests=os.path.join(ROOT, "tests"), out=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1])
+    assert result["single_mode"] == {"mode": "data", "num_devices": 8}
+    assert result["ensemble_mode"] == {"mode": "model", "num_devices": 8}
+    for name in ("single", "ensemble"):
+        assert result[name]["train_loss"] < 1e-4, result
+        assert result[name]["test_loss"] < 1e-4, result
+        assert result[name]["test_accuracy"] <= 1 / 303 + 1e-6, result  # at most one image flips
+    assert "batch size 50 cannot be split evenly over 8 devices" in result["error"]

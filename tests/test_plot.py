@@ -1,0 +1,277 @@
+"""Figures from histories: valid PNGs of the fixed sizes for every history shape,
+the zoom ranges, overlays, and scripts/plot.py on saved run directories."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from jaxmlp import plot, records
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _pythonpath() -> str:
+    """PYTHONPATH for child processes: this checkout first, whether or not it is installed."""
+    return os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+LEVELS = np.array([0, 10, 25, 50, 75, 90, 100], np.float32)
+
+
+def synthetic_history(steps=300, eval_every=50, layers=5, members=None, seed=0,
+                      final_test_loss=0.08) -> dict:
+    """A history shaped like the training core's: loss decays to ``final_test_loss``."""
+    rng = np.random.default_rng(seed)
+    k = members or 1
+    t = np.arange(1, steps + 1)
+    e = np.arange(0, steps + 1, eval_every)
+    decay = lambda s: np.exp(-s / max(steps / 6, 1))  # noqa: E731
+    spread = 1 + 0.05 * np.arange(k)[:, None]
+    test_loss = (2.3 - final_test_loss) * decay(e)[None] + final_test_loss * spread
+    train_loss = ((2.3 * decay(t) + 0.04)[None] * np.exp(rng.normal(0, 0.3, (k, t.size))))
+    h = {
+        "train_step": t.astype(np.int32),
+        "test_step": e.astype(np.int32),
+        "percentiles": LEVELS,
+        "train_loss": train_loss,
+        "train_accuracy": np.clip(1 - train_loss / 2.5, 0, 1),
+        "test_loss": test_loss,
+        "test_accuracy": 1 - test_loss / 2.6,
+        # Percentile bands that widen as training goes on, wider in later layers.
+        "weight_percentiles": (np.linspace(-0.2, 0.2, LEVELS.size)[None, None, None, :]
+                               * (1 + e[None, :, None, None] / steps)
+                               * (1 + 0.2 * np.arange(layers))[None, None, :, None]
+                               * spread[:, :, None, None]),
+        "bias_percentiles": (np.linspace(-0.1, 0.1, LEVELS.size)[None, None, None, :]
+                             * (e[None, :, None, None] / steps) * np.ones((k, 1, layers, 1))),
+    }
+    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_percentiles",
+                "bias_percentiles"):
+        h[key] = h[key].astype(np.float32)
+        if members is None:
+            h[key] = h[key][0]
+    return h
+
+
+def synthetic_misclassified(m: int) -> dict:
+    rng = np.random.default_rng(m)
+    return {"image": rng.integers(0, 256, (m, 28, 28), dtype=np.uint8),
+            "predicted": rng.integers(0, 10, m).astype(np.int32),
+            "label": rng.integers(0, 10, m).astype(np.int32)}
+
+
+def truncated(h: dict, t: int, e: int) -> dict:
+    """What an interrupted run leaves: the first t steps and e evaluations."""
+    out = {}
+    for key, v in h.items():
+        if key.startswith("train_"):
+            out[key] = v[..., :t]
+        elif key.startswith("test_"):
+            out[key] = v[..., :e]
+        elif key.endswith("_percentiles"):
+            out[key] = v[..., :e, :, :]
+        else:
+            out[key] = v
+    return out
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from the IHDR chunk, after checking the file is a whole PNG."""
+    data = Path(path).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} lacks the PNG signature"
+    length, kind = struct.unpack(">I4s", data[8:16])
+    assert kind == b"IHDR" and length == 13
+    assert data[-12:] == b"\x00\x00\x00\x00IEND\xaeB`\x82", f"{path} does not end with IEND"
+    return struct.unpack(">II", data[16:24])
+
+
+def assert_figure_file(path: Path) -> None:
+    assert png_size(path) == plot.expected_size(path)
+    pixels = matplotlib.image.imread(path)
+    assert pixels.shape[:2] == plot.expected_size(path)[::-1]
+    # Something was drawn: far more than a blank canvas's one colour.
+    rgb = (pixels[..., :3] * 255).astype(np.uint32)
+    assert np.unique((rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]).size > 50
+
+
+def _with_nonfinite(h: dict) -> dict:
+    h = {k: v.copy() for k, v in h.items()}
+    h["train_loss"][..., 150] = np.inf
+    h["train_loss"][..., 151:] = np.nan
+    h["train_accuracy"][..., 151:] = np.nan
+    h["test_loss"][..., 4:] = np.nan
+    h["test_accuracy"][..., 4:] = np.nan
+    return h
+
+
+def _minimal(h: dict) -> dict:
+    """Only what issue 2's history.npz must hold: no train_step, no percentiles."""
+    return {k: h[k] for k in ("train_loss", "train_accuracy", "test_step", "test_loss", "test_accuracy")}
+
+
+CASES = {
+    "single": lambda: synthetic_history(),
+    "one_step_one_eval": lambda: truncated(synthetic_history(), 1, 1),
+    "interrupted": lambda: truncated(synthetic_history(), 123, 3),
+    "ensemble": lambda: synthetic_history(members=3),
+    "ensemble_interrupted": lambda: truncated(synthetic_history(members=4), 77, 2),
+    "nan_and_inf": lambda: _with_nonfinite(synthetic_history()),
+    "all_nan_test": lambda: {**synthetic_history(), "test_loss": np.full(7, np.nan, np.float32),
+                             "test_accuracy": np.full(7, np.nan, np.float32)},
+    "minimal_history": lambda: _minimal(synthetic_history()),
+    "two_layers": lambda: synthetic_history(layers=2),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_every_history_shape_gives_three_pngs_of_the_fixed_size(case, tmp_path):
+    wrong = synthetic_misclassified(30)
+    written = plot.plot_history(CASES[case](), tmp_path, misclassified=wrong, label=case)
+    assert [p.name for p in written] == ["accuracy.png", "cross_entropy.png", "dashboard.png"]
+    for p in written:
+        assert_figure_file(p)
+    assert sorted(os.listdir(tmp_path)) == ["accuracy.png", "cross_entropy.png", "dashboard.png"]
+
+
+@pytest.mark.parametrize("wrong", [None, 0, 60])
+def test_dashboard_size_does_not_depend_on_the_misclassified_digits(wrong, tmp_path):
+    misclassified = None if wrong is None else synthetic_misclassified(wrong)
+    fig = plot.dashboard_figure(synthetic_history(), misclassified, "run")
+    path = plot.save_png(fig, tmp_path / "dashboard.png")
+    assert_figure_file(path)
+
+
+def test_digit_grid_titles_say_predicted_and_true(tmp_path):
+    wrong = synthetic_misclassified(30)
+    fig = plot.dashboard_figure(synthetic_history(), wrong, "run")
+    titles = [ax.get_title() for ax in fig.get_axes() if ax.get_title().startswith("pred")]
+    assert len(titles) == plot.MAX_DIGITS
+    assert titles[:3] == [f"pred {p} / true {t}" for p, t in zip(wrong["predicted"][:3], wrong["label"][:3])]
+    none = plot.dashboard_figure(synthetic_history(), synthetic_misclassified(0), "run")
+    assert not [ax for ax in none.get_axes() if ax.get_title().startswith("pred")]
+    assert "no misclassified test digits" in none._suptitle.get_text()
+
+
+def test_dashboard_has_a_weight_and_a_bias_panel_per_layer():
+    fig = plot.dashboard_figure(synthetic_history(layers=3), None, "run")
+    titles = {ax.get_title() for ax in fig.get_axes()}
+    assert {f"layer {i} {kind}" for i in (1, 2, 3) for kind in ("weights", "biases")} <= titles
+    assert "layer 4 weights" not in titles
+
+
+def test_zoom_panels_use_the_original_and_the_late_test_ranges():
+    acc = plot.accuracy_figure(synthetic_history())
+    full, zoom = acc.get_axes()
+    assert zoom.get_ylim()[0] == pytest.approx(plot.ACCURACY_ZOOM[0])
+    assert zoom.get_ylim()[1] == pytest.approx(plot.ACCURACY_ZOOM[1], abs=0.01)
+    assert full.get_ylim()[0] < 0.01 and full.get_ylim()[1] > 0.99
+    # Late test loss ~0.08 -> zoom to 0.2; ~0.3 -> 1 (2 x median, rounded up to 1, 2, 2.5, 5 x 10^k).
+    h = synthetic_history()  # evaluations at steps 0, 50, ..., 300: the late half is 150..300
+    for late, top in ((0.08, 0.2), (0.3, 1.0), (0.02, 0.05), (0.12, 0.25)):
+        test_loss = np.where(h["test_step"] >= 150, late, 2.3).astype(np.float32)
+        test_loss[-1] = 10 * late  # a late outlier moves a median no more than one rank
+        _, zoom = plot.cross_entropy_figure({**h, "test_loss": test_loss}).get_axes()
+        assert zoom.get_ylim() == pytest.approx((0, top))
+
+
+def test_overlaid_runs_are_in_the_legend_with_their_final_accuracy():
+    runs = [synthetic_history(seed=0), synthetic_history(seed=1, final_test_loss=0.2)]
+    fig = plot.accuracy_figure(runs, ["runs/a", "runs/b"])
+    texts = [t.get_text() for t in fig.get_axes()[0].get_legend().get_texts()]
+    finals = [float(1 - h["test_loss"][-1] / 2.6) for h in runs]
+    assert texts[:2] == [f"runs/a: final test {finals[0]:.4f}", f"runs/b: final test {finals[1]:.4f}"]
+    colors = {line.get_color() for line in fig.get_axes()[0].get_lines()}
+    assert {"C0", "C1"} <= colors
+
+
+def test_ensemble_members_are_named_and_the_first_nonfinite_step_is_marked():
+    fig = plot.accuracy_figure(synthetic_history(members=3), members=["s0", "s1", "s2"])
+    texts = [t.get_text() for t in fig.get_axes()[0].get_legend().get_texts()]
+    assert texts[:3] == ["test, s0", "test, s1", "test, s2"] and texts[3].startswith("mean of 3")
+    fig = plot.cross_entropy_figure(_with_nonfinite(synthetic_history()))
+    texts = [t.get_text() for t in fig.get_axes()[0].get_legend().get_texts()]
+    assert "first non-finite loss, step 151" in texts
+
+
+def test_run_labels_are_short_and_distinct():
+    assert plot.run_labels(["runs/a", "runs/b"]) == ["a", "b"]
+    assert plot.run_labels(["x/seed0/run", "y/seed0/run"]) == ["x/seed0/run", "y/seed0/run"]
+
+
+def test_plotting_imports_neither_jax_nor_tensorflow():
+    code = ("import sys, jaxmlp.plot, jaxmlp.records; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'tensorflow'}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          env=dict(os.environ, PYTHONPATH=_pythonpath()), timeout=120)
+    assert done.stdout.strip() == "[]", (
+        "importing jaxmlp.plot pulled in " + done.stdout.strip() + "; keep jaxmlp/__init__.py's heavy "
+        "imports lazy so redrawing figures from records stays fast")
+
+
+# --- scripts/plot.py on saved run directories ----------------------------------
+
+
+def save_run(run_dir: Path, history: dict, misclassified: dict | None = None) -> Path:
+    run_dir.mkdir(parents=True)
+    records.atomic_save_npz(run_dir / records.HISTORY_FILE, history)
+    summary = {"final_test_accuracy": float(history["test_accuracy"][..., -1].mean())}
+    records.atomic_write_json(run_dir / records.SUMMARY_FILE, summary)
+    if misclassified is not None:
+        records.atomic_save_npz(run_dir / records.MISCLASSIFIED_FILE, misclassified)
+    return run_dir
+
+
+def _script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "scripts" / "plot.py"), *args], capture_output=True,
+                          text=True, env=dict(os.environ, PYTHONPATH=_pythonpath()), timeout=300)
+
+
+def _script_main():
+    spec = importlib.util.spec_from_file_location("plot_script", REPO / "scripts" / "plot.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_script_redraws_one_run_into_its_directory(tmp_path):
+    run = save_run(tmp_path / "runs" / "mnist", synthetic_history(), synthetic_misclassified(5))
+    done = _script(str(run))
+    assert done.returncode == 0, done.stderr
+    names = ["accuracy.png", "cross_entropy.png", "dashboard.png"]
+    assert done.stdout.split() == [str(run / n) for n in names]
+    for n in names:
+        assert_figure_file(run / n)
+
+
+def test_script_overlays_several_runs_into_out(tmp_path, capsys):
+    a = save_run(tmp_path / "runs" / "a", synthetic_history(seed=0), synthetic_misclassified(3))
+    b = save_run(tmp_path / "runs" / "b", truncated(synthetic_history(members=2, seed=1), 200, 5))
+    out = tmp_path / "compare"
+    assert _script_main()([str(a), str(b), "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["accuracy.png", "cross_entropy.png",
+                                       "dashboard-a.png", "dashboard-b.png"]
+    for name in os.listdir(out):
+        assert_figure_file(out / name)
+    # The runs' own directories are left alone.
+    assert sorted(os.listdir(a)) == ["history.npz", "misclassified.npz", "summary.json"]
+    assert sorted(os.listdir(b)) == ["history.npz", "summary.json"]
+
+
+def test_script_fails_in_one_line_without_a_history(tmp_path):
+    good = save_run(tmp_path / "good", synthetic_history())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = _script(str(good), str(empty), "--out", str(tmp_path / "out"))
+    assert done.returncode == 1
+    assert done.stderr.strip().count("\n") == 0
+    assert "no history.npz in" in done.stderr and str(empty) in done.stderr
+    assert not (tmp_path / "out").exists()  # nothing drawn when any run is unreadable
+    done = _script(str(good), str(good))
+    assert done.returncode == 2 and "--out DIR is required" in done.stderr
