@@ -53,8 +53,13 @@ def _floats(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}")
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, not the whole usage block
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(Config):
         kind = {"hidden": _ints, "seeds": _ints, "learning_rates": _floats}.get(f.name)
         kind = kind or (type(f.default) if f.default is not None else str)
@@ -63,6 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--compile-cache", default=os.path.expanduser("~/.cache/jaxmlp/xla"),
+                   metavar="DIR", help="JAX's persistent compilation cache, so later runs skip "
+                   "compiling ('' to turn off; default: ~/.cache/jaxmlp/xla)")
     p.add_argument("--distributed", action="store_true",
                    help="call jax.distributed.initialize() first (multi-host; see README)")
     return p
@@ -90,10 +98,15 @@ def main(argv=None) -> int:
         return 2
 
     # Only now pay for importing JAX and the data layer.
+    import jax
+
     from jaxmlp import run
 
+    if args.compile_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compile_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     if args.distributed:
-        import jax
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs/TPUs ignore it
         jax.distributed.initialize()
     try:
         _, history = run.train_and_evaluate(config, out_dir=out, resume=bool(args.resume),
