@@ -192,7 +192,11 @@ def epoch_orders(key: jax.Array, *, num_epochs: int, num_examples: int) -> jax.A
 
 
 def batch_at(data: Data, orders: jax.Array, step: jax.Array, batch_size: int) -> dict:
-    """The minibatch of global step ``step`` (0-based): images (B, ...), labels (B,)."""
+    """The minibatch of global step ``step`` (0-based): images (B, ...), labels (B,).
+
+    ``orders`` must cover the step's epoch (``num_epochs`` sizes it); past its end
+    ``dynamic_slice`` would clamp to the last epoch's order.
+    """
     steps_per_epoch = data.train_images.shape[0] // batch_size
     epoch, i = step // steps_per_epoch, step % steps_per_epoch
     idx = jax.lax.dynamic_slice(orders, (epoch, i * batch_size), (1, batch_size))[0]
