@@ -1,0 +1,359 @@
+"""MNIST-family data as host numpy arrays: TFDS, local IDX files, a warm cache.
+
+``load(name, data_dir=, manual_dir=)`` looks in this order and stops at the
+first hit:
+
+1. ``tfds.testing.mock_data`` is active: TFDS's fake examples (never cached).
+2. The warm cache ``<data_dir>/jaxmlp_cache/<name>/<version>/<split>.npz``:
+   decoded uint8 arrays. This path imports TFDS (for the version) but never
+   TensorFlow. An entry counts only while the TFDS dataset it was decoded from
+   is still in ``<data_dir>`` unchanged (names, sizes and mtimes of its files).
+3. The TFDS dataset already prepared in ``<data_dir>/<name>/<version>``:
+   decoded once through TensorFlow, then cached.
+4. ``manual_dir``: the four IDX files are validated here (``jaxmlp.idx``),
+   then prepared through TFDS, decoded and cached.
+5. A download by TFDS, but only after a quick TCP probe of the builder's
+   download host (or proxy); when it is unreachable, a ``DataError`` within
+   seconds instead of TFDS's minutes of retries.
+
+So ``manual_dir`` is read only while ``<name>`` is not prepared in
+``data_dir``; to rebuild from other files use a fresh data dir or delete
+``<data_dir>/<name>/<version>`` (its cache entry then stops counting).
+
+Why subclass TFDS's own builders for step 4 (rather than a builder of our
+own with one config per dataset): the subclass keeps the official name,
+version, features and class names and only changes where the four files
+come from (``dl_manager.manual_dir`` instead of a download). The result is
+the same ``<data_dir>/<name>/<version>`` a download produces, with the same
+example keys and so the same order, and ``tfds.load(name, data_dir=...)``
+finds it later, with or without jaxmlp.
+
+Nothing half-built is ever left in ``data_dir``: TFDS prepares into a
+private staging folder inside it, which is renamed into place only when
+complete and deleted on any failure. Cache files are written to a temporary
+name and ``os.replace``-d.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import types
+import urllib.parse
+import urllib.request
+import warnings
+from typing import NamedTuple
+
+import numpy as np
+
+from jaxmlp import idx
+from jaxmlp.config import DATASETS
+
+PROBE_TIMEOUT_S = 4.0  # TCP connect to the download host; keeps the offline error well under 10 s
+CACHE_DIR = "jaxmlp_cache"
+SPLITS = ("train", "test")
+_STAGING_PREFIX = ".jaxmlp-prepare-"
+_README_OFFLINE = 'README, section "Offline"'
+
+
+class DataError(RuntimeError):
+    """The data cannot be loaded; the message is one line: the problem and what to do."""
+
+
+class Dataset(NamedTuple):
+    train_images: np.ndarray  # (N, 28, 28) uint8
+    train_labels: np.ndarray  # (N,) int32 in [0, 10)
+    test_images: np.ndarray  # (M, 28, 28) uint8
+    test_labels: np.ndarray  # (M,) int32 in [0, 10)
+    name: str  # one of DATASETS
+    version: str  # TFDS dataset version, e.g. "3.0.1"
+    source: str  # where the arrays came from: cache | tfds | manual | download | mock
+
+
+def load(name: str = "mnist", *, data_dir: str | None = None,
+         manual_dir: str | None = None) -> Dataset:
+    """Load ``name`` (one of ``DATASETS``) as host numpy arrays.
+
+    Args:
+      name: TFDS dataset name.
+      data_dir: TFDS data dir; None means TFDS's default (``$TFDS_DATA_DIR``
+        or ``~/tensorflow_datasets``).
+      manual_dir: folder with the four MNIST-format IDX ``.gz`` files, used to
+        prepare ``name`` when it is not prepared in ``data_dir`` yet.
+
+    Raises:
+      DataError: unknown name, bad manual files, unwritable data dir, offline.
+    """
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    import tensorflow_datasets as tfds  # ~0.5 s; does not import TensorFlow
+
+    builder_cls = tfds.builder_cls(name)
+    version = str(builder_cls.VERSION)
+    data_dir = os.path.abspath(os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR))
+
+    if _tfds_is_mocked(tfds):
+        # Fake data: TFDS ignores data_dir here, and nothing may reach a real cache.
+        return _from_tfds(name, version, data_dir, source="mock")
+    cached = _read_cache(data_dir, name, version)
+    if cached is not None:
+        return Dataset(*cached["train"], *cached["test"], name, version, "cache")
+    if os.path.isfile(_info_path(data_dir, name, version)):
+        return _cache_and_return(_from_tfds(name, version, data_dir, source="tfds"), data_dir)
+    if manual_dir is not None:
+        manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
+        try:  # validate the decompressed content before TFDS touches anything
+            idx.read_dir(manual_dir)
+        except idx.IdxError as e:
+            raise DataError(f"bad --manual-dir for {name}: {e}; fix the files and run again "
+                            f"(nothing was written to {data_dir})") from e
+        _prepare(_manual_builder_cls(name), name, data_dir,
+                 what=f"from the files in {manual_dir}", manual_dir=manual_dir)
+        return _cache_and_return(_from_tfds(name, version, data_dir, source="manual"), data_dir)
+    url = getattr(builder_cls, "URL", None)
+    if url:
+        problem = _probe(url)
+        if problem:
+            raise DataError(_offline_message(name, version, data_dir, url, problem))
+    _prepare(builder_cls, name, data_dir, what=f"by downloading it from {url or 'its source'}")
+    return _cache_and_return(_from_tfds(name, version, data_dir, source="download"), data_dir)
+
+
+# --- TFDS: preparing and decoding (the cold path; imports TensorFlow) ----------------------------
+
+def _prepare(builder_cls, name: str, data_dir: str, *, what: str, manual_dir: str | None = None):
+    """Prepare ``name`` in a staging folder inside ``data_dir``; rename it in only when complete."""
+    try:
+        os.makedirs(data_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=data_dir)
+    except OSError as e:
+        raise DataError(f"data dir {data_dir} cannot be written ({e.strerror or e}); "
+                        f"pass --data-dir with a writable folder") from e
+    try:
+        tfds = _import_tfds_with_tf()
+        builder = builder_cls(data_dir=staging)
+        # TFDS prints the folder it writes to, which here is the staging folder; stay quiet
+        # rather than name a path that is about to disappear (its progress bars remain).
+        builder._log_download_bytes = builder._log_download_done = lambda: None
+        # try_download_gcs=False: fetch only from the builder's host, the one we probed.
+        config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
+        builder.download_and_prepare(download_dir=os.path.join(staging, "downloads"),
+                                     download_config=config)
+        final = os.path.join(data_dir, name, str(builder.version))
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        try:
+            os.rename(os.fspath(builder.data_path), final)
+        except OSError:
+            if not os.path.isfile(os.path.join(final, "dataset_info.json")):
+                raise
+            # Another process finished the same dataset first: keep theirs.
+    except Exception as e:
+        _rmdir_if_empty(os.path.join(data_dir, name))
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        hint = "" if manual_dir else f"; for other ways to get the data see the {_README_OFFLINE}"
+        raise DataError(f"preparing {name} {what} failed: {type(e).__name__}: {first_line} "
+                        f"(nothing was kept in {data_dir}){hint}") from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _rmdir_if_empty(path: str) -> None:
+    try:
+        os.rmdir(path)
+    except OSError:  # not empty (another version is prepared there) or not there
+        pass
+
+
+def _from_tfds(name: str, version: str, data_dir: str, *, source: str) -> Dataset:
+    """Decode both splits of a prepared (or mocked) TFDS dataset into numpy arrays."""
+    tfds = _import_tfds_with_tf()
+    builder = tfds.builder(name, data_dir=data_dir)
+    arrays = []
+    for split in SPLITS:
+        # Iterate in batches: batch_size=-1 aborts the process under tfds.testing.mock_data.
+        images, labels = [], []
+        ds = builder.as_dataset(split=split, batch_size=1000, shuffle_files=False)
+        for batch in tfds.as_numpy(ds):
+            images.append(batch["image"])
+            labels.append(batch["label"])
+        images = np.concatenate(images).reshape(-1, idx.SIDE, idx.SIDE).astype(np.uint8)
+        labels = np.concatenate(labels).astype(np.int32)
+        arrays += [images, labels]
+    return Dataset(*arrays, name, version, source)
+
+
+def _import_tfds_with_tf():
+    """Import TensorFlow for TFDS, hiding every GPU from it so it never takes accelerator memory."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF was initialised elsewhere first; too late to hide them
+        pass
+    return tfds
+
+
+def _tfds_is_mocked(tfds) -> bool:
+    # tfds.testing.mock_data swaps DatasetBuilder's methods for functions defined in
+    # tensorflow_datasets.testing; the real ones live in tensorflow_datasets.core.
+    fn = tfds.core.DatasetBuilder.download_and_prepare
+    return getattr(fn, "__module__", "").startswith("tensorflow_datasets.testing")
+
+
+@functools.lru_cache(maxsize=None)
+def _manual_builder_cls(name: str):
+    """TFDS's own builder for ``name``, reading the four IDX files from its manual_dir."""
+    import tensorflow_datasets as tfds
+
+    base = tfds.builder_cls(name)
+
+    class FromIdxFiles:
+        MANUAL_DOWNLOAD_INSTRUCTIONS = (
+            f"Put the four MNIST-format files {', '.join(idx.FILES.values())} in manual_dir.")
+
+        def _split_generators(self, dl_manager):
+            splits = idx.read_dir(os.fspath(dl_manager.manual_dir))
+            return {s: self._generate_examples(*splits[s]) for s in SPLITS}
+
+        def _generate_examples(self, images, labels):
+            # Keys are file positions, as in TFDS's MNIST builder, so the order matches a download.
+            for i in range(len(images)):
+                yield i, {"image": images[i][..., None], "label": int(labels[i])}
+
+    def body(ns):
+        ns.update(name=base.name, __module__=__name__, __doc__=f"{base.name} from local IDX files.")
+
+    # skip_registration: the official builder keeps the name in TFDS's registry.
+    return types.new_class(f"{base.__name__}FromIdxFiles", (FromIdxFiles, base),
+                           {"skip_registration": True}, body)
+
+
+# --- warm cache ----------------------------------------------------------------------------------
+
+def _info_path(data_dir: str, name: str, version: str) -> str:
+    return os.path.join(data_dir, name, version, "dataset_info.json")
+
+
+def _token(data_dir: str, name: str, version: str) -> str | None:
+    """Identity of the prepared TFDS dataset, or None if it is not there.
+
+    Names, sizes and modification times of its files: cheap, changed by any rebuild
+    (content alone is not enough: two builds of random images have identical
+    metadata), and kept by copies that preserve times (cp -p, rsync -a).
+    """
+    folder = os.path.dirname(_info_path(data_dir, name, version))
+    try:
+        if not os.path.isfile(os.path.join(folder, "dataset_info.json")):
+            return None
+        h = hashlib.sha256()
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            st = entry.stat()
+            h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def _cache_path(data_dir: str, name: str, version: str, split: str) -> str:
+    return os.path.join(data_dir, CACHE_DIR, name, version, f"{split}.npz")
+
+
+def _read_cache(data_dir: str, name: str, version: str) -> dict | None:
+    """Both splits from the cache, or None on any miss, mismatch or damage."""
+    token = _token(data_dir, name, version)
+    if token is None:
+        return None
+    out = {}
+    for split in SPLITS:
+        try:
+            with np.load(_cache_path(data_dir, name, version, split), allow_pickle=False) as z:
+                images, labels, entry_token = z["images"], z["labels"], str(z["token"])
+        except Exception:  # missing, truncated or foreign file: treat as a miss and rebuild
+            return None
+        ok = (entry_token == token and images.dtype == np.uint8 and labels.dtype == np.int32
+              and images.ndim == 3 and images.shape[1:] == (idx.SIDE, idx.SIDE)
+              and labels.shape == images.shape[:1])
+        if not ok:
+            return None
+        out[split] = (images, labels)
+    return out
+
+
+def _cache_and_return(ds: Dataset, data_dir: str) -> Dataset:
+    """Write ``ds`` to the warm cache (best effort) and return it."""
+    token = _token(data_dir, ds.name, ds.version)
+    try:
+        for split, images, labels in (("train", ds.train_images, ds.train_labels),
+                                      ("test", ds.test_images, ds.test_labels)):
+            _write_atomic(_cache_path(data_dir, ds.name, ds.version, split),
+                          images=images, labels=labels, token=np.str_(token))
+    except OSError as e:  # e.g. a shared read-only data dir: loading still works, only slower
+        warnings.warn(f"jaxmlp: could not write the data cache under {data_dir} ({e}); "
+                      f"the next load will decode through TFDS again", stacklevel=3)
+    return ds
+
+
+def _write_atomic(path: str, **arrays) -> None:
+    """np.savez to a temporary file in the same folder, then os.replace: never a partial file."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                               dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+# --- offline fail-fast ---------------------------------------------------------------------------
+
+def _probe(url: str, timeout: float | None = None) -> str | None:
+    """None if a TCP connection to ``url``'s host (or its proxy) opens in time, else why not.
+
+    DNS lookups can hang longer than any socket timeout, so the attempt runs in a
+    daemon thread and is abandoned after ``timeout`` seconds.
+    """
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
+    parts = urllib.parse.urlsplit(url)
+    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = p.hostname, p.port or 80
+    target = f"{host}:{port}" + (" (proxy)" if proxy and parts.hostname != host else "")
+    errors: list[str] = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as e:
+            errors.append(str(e) or type(e).__name__)
+
+    worker = threading.Thread(target=connect, daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        return f"{target} did not answer within {timeout:g} s"
+    return f"{target} is unreachable ({errors[0]})" if errors else None
+
+
+def _offline_message(name: str, version: str, data_dir: str, url: str, problem: str) -> str:
+    files = ", ".join(idx.FILES.values())
+    return (f"cannot get {name} {version}: it is not prepared in {data_dir}, no --manual-dir was "
+            f"given, and its download host {problem} (tried {url}). Ways forward: "
+            f"(1) --data-dir DIR where {name} is already prepared; "
+            f"(2) --manual-dir DIR with the four files {files}; "
+            f"(3) apt-get install dataset-fashion-mnist, then "
+            f"--dataset fashion_mnist --manual-dir /usr/share/datasets/fashion-mnist. "
+            f"See the {_README_OFFLINE}.")
