@@ -77,7 +77,9 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None, dataset: d
     placement = parallel.plan(config.batch_size, len(members), devices)
     dev_data = placement.put_replicated(train.Data(
         jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels, jnp.int32),
-        jnp.asarray(dataset.test_images), jnp.asarray(dataset.test_labels, jnp.int32)))
+        # Training batches are gathered as uint8 and scaled inside the step (4x less memory
+        # traffic); the test set is scaled once here, which halves each evaluation on CPU.
+        jnp.asarray(dataset.test_images, jnp.float32) / 255.0, jnp.asarray(dataset.test_labels, jnp.int32)))
     state, history, orders = placement.put_state(init_run(config, n_train))
 
     static_eval = dict(eval_every=config.eval_every, eval_batch_size=config.eval_batch_size)

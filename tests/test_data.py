@@ -303,6 +303,7 @@ def test_offline_with_a_host_that_never_answers(tmp_path, monkeypatch):
     # DNS or a dropped SYN can hang past any socket timeout; the probe must not.
     def hang(address, timeout=None, *args, **kwargs):
         time.sleep(60)
+        raise TimeoutError("never answered")  # the abandoned thread ends quietly
 
     monkeypatch.setattr(socket, "create_connection", hang)
     start = time.monotonic()

@@ -39,12 +39,21 @@ def test_writes_are_pure_and_jittable():
 
 
 def test_percentiles_match_numpy():
-    _, params = model.create(jax.random.key(0), (16, 8))
+    _, params = model.create(jax.random.key(0), (16, 8))  # 784*16 = 12,544 values: exact
     w, b = hist.param_percentiles(params)
     k0, b0 = model.layer_params(params)[0]
     np.testing.assert_allclose(w[0], np.percentile(np.asarray(k0), hist.PERCENTILES), rtol=1e-5)
     assert w.shape == b.shape == (3, len(hist.PERCENTILES))
     np.testing.assert_array_equal(b, 0.0)  # zero-initialised biases
+
+
+def test_percentiles_of_a_big_layer_are_close_and_keep_the_extremes():
+    _, params = model.create(jax.random.key(0))  # 156,800 first-layer weights: sampled
+    w, _ = hist.param_percentiles(params)
+    k0 = np.asarray(model.layer_params(params)[0][0])
+    exact = np.percentile(k0, hist.PERCENTILES)
+    assert w[0, 0] == k0.min() and w[0, -1] == k0.max()
+    np.testing.assert_allclose(w[0], exact, atol=0.03 * 0.1)  # within 3% of the init stddev
 
 
 def test_summary_truncate_and_concat():
