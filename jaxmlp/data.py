@@ -76,7 +76,7 @@ class Dataset(NamedTuple):
 
 
 def load(name: str = "mnist", *, data_dir: str | None = None,
-         manual_dir: str | None = None) -> Dataset:
+         manual_dir: str | None = None, progress: bool = True) -> Dataset:
     """Load ``name`` (one of ``DATASETS``) as host numpy arrays.
 
     Args:
@@ -85,6 +85,8 @@ def load(name: str = "mnist", *, data_dir: str | None = None,
         or ``~/tensorflow_datasets``).
       manual_dir: folder with the four MNIST-format IDX ``.gz`` files, used to
         prepare ``name`` when it is not prepared in ``data_dir`` yet.
+      progress: show TFDS's progress bars while preparing (False turns them off
+        for the process).
 
     Raises:
       DataError: unknown name, bad manual files, unwritable data dir, offline.
@@ -92,6 +94,9 @@ def load(name: str = "mnist", *, data_dir: str | None = None,
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
     import tensorflow_datasets as tfds  # ~0.5 s; does not import TensorFlow
+
+    if not progress:
+        tfds.disable_progress_bar()
 
     builder_cls = tfds.builder_cls(name)
     version = str(builder_cls.VERSION)
@@ -190,6 +195,9 @@ def _from_tfds(name: str, version: str, data_dir: str, *, source: str) -> Datase
 def _import_tfds_with_tf():
     """Import TensorFlow for TFDS, hiding every GPU from it so it never takes accelerator memory."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter
+    # TF only decodes PNGs here (exact integers), so its oneDNN kernels buy nothing; turning
+    # them off also silences the notice TF prints about them on import.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import tensorflow as tf
     import tensorflow_datasets as tfds
 

@@ -67,7 +67,8 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None, dataset: d
             records.atomic_write_json(os.path.join(out_dir, CONFIG_FILE), config.to_dict())
 
     if dataset is None:
-        dataset = data.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir)
+        dataset = data.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
+                            progress=not quiet)
     n_train = len(dataset.train_labels)
     if config.batch_size > n_train:
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {n_train} training examples")
