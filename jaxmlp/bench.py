@@ -380,6 +380,33 @@ def matmul_ceiling(n: int, *, repeats: int = 5, target_seconds: float = 0.5, cha
             "flops_per_s_stats": stats(rates)}
 
 
+def step_matmul_rate(hidden, batch_size: int, *, repeats: int = 5, target_seconds: float = 0.5) -> dict:
+    """FLOP/s of exactly the matmuls of one step, alone: for each layer the forward
+    (B, in) @ (in, out), the weight gradient contracted over B, and (all but the first
+    layer) the input gradient. A ceiling at this network's own shapes, which small
+    matmuls reach less well than ``matmul_ceiling``'s large square one."""
+    widths = (model.NUM_INPUTS, *hidden, model.NUM_CLASSES)
+    keys = iter(jax.random.split(jax.random.key(1), 3 * len(widths)))
+    layers = [(jax.random.normal(next(keys), (batch_size, a)), jax.random.normal(next(keys), (a, b)),
+               jax.random.normal(next(keys), (batch_size, b))) for a, b in zip(widths[:-1], widths[1:])]
+
+    @jax.jit
+    def matmuls(layers):
+        out = []
+        for i, (x, w, g) in enumerate(layers):
+            out.append(x @ w)  # forward
+            out.append(jax.lax.dot_general(x, g, (((0,), (0,)), ((), ()))))  # dL/dW = x^T g
+            if i:
+                out.append(g @ w.T)  # dL/dx, not needed for the images
+        return out
+
+    m = measure(Loop(lambda: matmuls(layers), 1), repeats=repeats, target_seconds=target_seconds,
+                warmup_calls=1)
+    flops = analytic_flops(hidden, batch_size)["matmul"]
+    return {"flops": flops, "flops_per_s": flops * m["steps_per_s"]["median"],
+            "flops_per_s_stats": stats([flops * r for r in m["steps_per_s"]["values"]])}
+
+
 # --- compile time, FLOPs and memory ----------------------------------------------------
 
 
@@ -509,8 +536,9 @@ def device_peak(device=None) -> dict | None:
 def measure_startup(*, dataset: str, manual_dir: str, steps: int = 100, timeout_s: float = 900) -> dict:
     """Seconds from process start to the first training step of ``scripts/train.py``.
 
-    Two runs against one fresh TFDS data dir: cold (TFDS prepares ``dataset``
-    from the IDX files in ``manual_dir``, then decodes) and warm (decoded cache).
+    Two runs against one fresh TFDS data dir and compilation cache: cold (TFDS
+    prepares ``dataset`` from the IDX files in ``manual_dir``, decodes, and XLA
+    compiles) and warm (decoded-array cache and persistent compilation cache).
     The run's ``summary.json`` gives ``timings.startup_seconds`` (process start
     to data loaded) and ``compile_seconds``; the first step starts after both.
     Run this before the parent process touches an accelerator, which a child
@@ -528,7 +556,8 @@ def measure_startup(*, dataset: str, manual_dir: str, steps: int = 100, timeout_
             out = os.path.join(tmp, which)
             cmd = [sys.executable, script, "--dataset", dataset, "--manual-dir", manual_dir,
                    "--data-dir", os.path.join(tmp, "tfds"), "--steps", str(steps),
-                   "--eval-every", str(steps), "--log-every", str(steps), "--out", out, "--quiet"]
+                   "--eval-every", str(steps), "--log-every", str(steps), "--out", out, "--quiet",
+                   "--compile-cache", os.path.join(tmp, "xla")]  # cold compiles too, warm hits it
             t0 = time.perf_counter()
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
@@ -636,6 +665,9 @@ def _sweep(config, states, host, data, orders, result, say):
                     **flops_per_step(state, data, orders, batch_size=b, scan_steps=s),
                     "analytic_flops": analytic_flops(hidden, b)}
             flops = info["xla_flops_per_step"]
+            say(f"{_name(hidden)} batch {b}: the step's matmuls alone ...")
+            info["step_matmuls"] = step_matmul_rate(hidden, b, repeats=config.repeats,
+                                                    target_seconds=config.target_seconds)
             for variant in config.variants:
                 say(f"{_name(hidden)} batch {b}: {LABELS[variant]} ...")
                 loop = make_loop(variant, copy_tree(state), host=host, data=data, orders=orders,
@@ -705,6 +737,11 @@ def ratios(result: dict) -> dict:
     out["fused_vs_device_step"] = {
         "what": "fused / per-step device data, batch 100", "target": None, "applies": False,
         "met": None, "value": _ratio(rate.get((100, "fused")), rate.get((100, "device_step")))}
+    shapes = next((c["step_matmuls"]["flops_per_s"] for c in result["configs"]
+                   if c["batch_size"] == 1000 and c["hidden"] == list(hidden) and "step_matmuls" in c), None)
+    out["flops_vs_step_matmuls"] = {
+        "what": "fused FLOP/s / its own matmuls alone, batch 1000", "target": None, "applies": False,
+        "met": None, "value": _ratio(flops.get((1000, "fused")), shapes)}
     out["f32_vs_uint8"] = {
         "what": "fused float32 data / uint8 data, batch 100", "target": None, "applies": False,
         "met": None, "value": _ratio(rate.get((100, "fused_f32")), rate.get((100, "fused")))}
@@ -759,15 +796,17 @@ def format_table(result: dict) -> str:
                      f"{_pct(r['vs_ceiling']):>7}{_pct(r['vs_peak']):>7}")
     lines += ["", "per configuration: FLOPs/step from XLA (one-step program) against 6*B*W and against the "
                   "exact matmul count (mm: no gradient for the images);",
+              "the step's own matmuls timed alone (mm FLOP/s: a ceiling at this network's shapes); "
               "compile of the fused program, cold and warm (persistent cache hit?); program and peak "
               "device memory",
               f"{'widths':<16}{'batch':>6}{'scan':>6}{'XLA FLOP':>11}{'6BW':>11}{'/6BW':>6}{'/mm':>6}"
-              f"{'cold s':>8}{'warm s':>8}{'hit':>5}{'prog MiB':>10}{'peak MiB':>10}"]
+              f"{'mm FLOP/s':>11}{'cold s':>8}{'warm s':>8}{'hit':>5}{'prog MiB':>10}{'peak MiB':>10}"]
     for c in result["configs"]:
         a, xla = c["analytic_flops"], c["xla_flops_per_step"] or 0
         lines.append(f"{_name(c['hidden']):<16}{c['batch_size']:>6}{c['scan_steps']:>6}"
                      f"{_si(c['xla_flops_per_step']):>11}{_si(a['six_bw']):>11}"
                      f"{xla / a['six_bw']:>6.2f}{xla / a['matmul']:>6.2f}"
+                     f"{_si(c.get('step_matmuls', {}).get('flops_per_s')):>11}"
                      f"{_secs(c.get('compile_cold_s')):>8}{_secs(c.get('compile_warm_s')):>8}"
                      f"{'-' if 'warm_cache_hits' not in c else 'yes' if c['warm_cache_hits'] else 'no':>5}"
                      f"{_mib(c['program_bytes']):>10}{_mib(c['peak_device_bytes']):>10}")

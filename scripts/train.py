@@ -39,6 +39,9 @@ _HELP = {  # flag help for each Config field
 }
 
 
+_RESUMABLE = {"data_dir", "manual_dir", "log_every", "checkpoint_every", "eval_batch_size"}
+
+
 def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
@@ -87,8 +90,14 @@ def main(argv=None) -> int:
     try:
         if args.resume:
             with open(os.path.join(args.resume, "config.json")) as f:
-                saved = json.load(f)
-            config = Config.from_dict({**saved, **given})
+                saved = Config.from_dict(json.load(f))
+            # Only where the data lives and how often to report may change on resume; the
+            # rest defines the run the checkpoint belongs to.
+            changed = sorted(k for k, v in given.items() if k not in _RESUMABLE
+                             and getattr(saved, k) != getattr(saved.replace(**{k: v}), k))
+            if changed:
+                raise ValueError(f"--resume continues the saved run; drop --{', --'.join(c.replace('_', '-') for c in changed)}")
+            config = saved.replace(**given)
             out = args.resume
         else:
             config = Config(**given)

@@ -76,3 +76,13 @@ def test_train_script_end_to_end_on_mock_data(tmp_path, monkeypatch, capsys):
         assert head[:8] == b"\x89PNG\r\n\x1a\n", name
         width, height = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
         assert (width, height) == plot.expected_size(name), name
+
+
+def test_resume_refuses_flags_that_change_the_run(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"steps": 200, "eval_every": 100, "log_every": 100}))
+    proc = subprocess.run([sys.executable, TRAIN, "--resume", str(run_dir), "--steps", "400",
+                           "--batch-size", "50"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "error: --resume continues the saved run; drop --batch-size, --steps"
