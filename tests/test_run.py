@@ -168,3 +168,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, signum):
             states.append(checkpoint.restore(m, fresh, hist0)[0])
     for x, y in zip(_params(states[0]), _params(states[1])):
         np.testing.assert_array_equal(x, y)
+
+
+def test_unwritable_out_fails_before_any_data_or_training(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data loaded before the check"))
+    with pytest.raises(run.records.RecordError):
+        run.train_and_evaluate(Config(**SMALL), out_dir=str(blocker / "run"), quiet=True)
