@@ -75,7 +75,11 @@ def parser() -> argparse.ArgumentParser:
                    metavar="DIR", help="JAX's persistent compilation cache, so later runs skip "
                    "compiling ('' to turn off; default: ~/.cache/jaxmlp/xla)")
     p.add_argument("--distributed", action="store_true",
-                   help="call jax.distributed.initialize() first (multi-host; see README)")
+                   help="many hosts: call jax.distributed.initialize() first (auto-detected on "
+                   "TPU pods and SLURM; elsewhere give the three flags below)")
+    p.add_argument("--coordinator-address", metavar="HOST:PORT", help="with --distributed: process 0's address")
+    p.add_argument("--num-processes", type=int, help="with --distributed: how many processes")
+    p.add_argument("--process-id", type=int, help="with --distributed: this process's index")
     return p
 
 
@@ -116,7 +120,8 @@ def main(argv=None) -> int:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     if args.distributed:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs/TPUs ignore it
-        jax.distributed.initialize()
+        jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                                   num_processes=args.num_processes, process_id=args.process_id)
     try:
         _, history = run.train_and_evaluate(config, out_dir=out, resume=bool(args.resume),
                                             quiet=args.quiet, started=_STARTED)
