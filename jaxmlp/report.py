@@ -7,7 +7,6 @@ fetched, so it never forces an extra device sync.
 from __future__ import annotations
 
 import sys
-import time
 
 import tqdm
 
@@ -26,7 +25,7 @@ class Reporter:
         self.examples_per_epoch = examples_per_epoch
         self.batch_size = batch_size
         self.stream = stream or sys.stderr
-        self._last = (time.perf_counter(), start_step)
+        self._last_step = start_step
         self._bar = None
         if not quiet:
             self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
@@ -48,13 +47,11 @@ class Reporter:
         """
         if self.quiet:
             return
-        now = time.perf_counter()
-        t0, s0 = self._last
-        self._last = (now, step)
-        if self._bar is not None:
+        s0 = self._last_step
+        self._last_step = step
+        if self._bar is not None:  # tqdm shows steps/s itself
+            self._bar.set_postfix_str(f"test acc {test_accuracy:.4f}", refresh=False)
             self._bar.update(step - s0)
-            rate = (step - s0) / max(now - t0, 1e-9)
-            self._bar.set_postfix_str(f"{rate:,.0f} steps/s, test acc {test_accuracy:.4f}", refresh=False)
         if step % self.log_every == 0:
             # The 2017 program's format (its loss was per 100 images; ours is per image).
             epoch = step * self.batch_size // self.examples_per_epoch + 1

@@ -86,3 +86,21 @@ def test_resume_refuses_flags_that_change_the_run(tmp_path):
                            "--batch-size", "50"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --resume continues the saved run; drop --batch-size, --steps"
+
+
+def test_quiet_prints_nothing_on_success(tmp_path, capsys):
+    import tensorflow_datasets as tfds
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    try:
+        import train as script
+    finally:
+        sys.path.pop(0)
+    argv = ["--steps", "20", "--eval-every", "10", "--log-every", "10", "--hidden", "16",
+            "--data-dir", str(tmp_path / "tfds"), "--out", str(tmp_path / "run"), "--compile-cache", "",
+            "--quiet"]
+    with tfds.testing.mock_data(num_examples=120):
+        assert script.main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    assert (tmp_path / "run" / "summary.json").exists()
