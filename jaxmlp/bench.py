@@ -36,7 +36,6 @@ import importlib.metadata
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -49,7 +48,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxmlp import model, train
+from jaxmlp import model, records, train
 from jaxmlp.config import Config
 
 DEFAULT_HIDDEN = (200, 100, 60, 30)
@@ -584,7 +583,9 @@ def measure_startup(*, dataset: str, manual_dir: str, steps: int = 100, timeout_
 
 
 def environment() -> dict:
-    """Device, backend and installed versions (package metadata: nothing heavy is imported)."""
+    """The run record's environment (``records.environment``) plus what a benchmark reader
+    also needs: process and CPU counts, and the versions as one dict, accelerator plugins
+    included (package metadata: nothing heavy is imported)."""
     versions = {}
     for dist in ("jaxmlp", "jax", "jaxlib", "flax", "optax", "numpy", "jax-cuda12-plugin",
                  "jax-cuda13-plugin", "libtpu"):
@@ -592,11 +593,8 @@ def environment() -> dict:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
-    devices = jax.devices()
-    return {"backend": jax.default_backend(), "device_kind": devices[0].device_kind,
-            "device_count": len(devices), "local_device_count": jax.local_device_count(),
-            "process_count": jax.process_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "cpu_count": os.cpu_count(), "versions": versions}
+    return {**records.environment(), "local_device_count": jax.local_device_count(),
+            "process_count": jax.process_count(), "cpu_count": os.cpu_count(), "versions": versions}
 
 
 def _ratio(a, b):

@@ -39,11 +39,6 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, history: dict) -> int:
     return step
 
 
-def latest_step(run_dir: str) -> int | None:
-    with manager(run_dir) as m:
-        return m.latest_step()
-
-
 def restore(mngr: ocp.CheckpointManager, state: TrainState, history: dict,
             step: int | None = None) -> tuple[TrainState, dict]:
     """Restore into the structure, dtypes and shardings of a fresh ``state`` and ``history``."""

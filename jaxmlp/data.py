@@ -51,7 +51,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxmlp import idx
+from jaxmlp import idx, records
 from jaxmlp.config import DATASETS
 
 PROBE_TIMEOUT_S = 4.0  # TCP connect to the download host; keeps the offline error well under 10 s
@@ -300,28 +300,13 @@ def _cache_and_return(ds: Dataset, data_dir: str) -> Dataset:
     try:
         for split, images, labels in (("train", ds.train_images, ds.train_labels),
                                       ("test", ds.test_images, ds.test_labels)):
-            _write_atomic(_cache_path(data_dir, ds.name, ds.version, split),
-                          images=images, labels=labels, token=np.str_(token))
+            path = _cache_path(data_dir, ds.name, ds.version, split)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            records.atomic_save_npz(path, {"images": images, "labels": labels, "token": np.str_(token)})
     except OSError as e:  # e.g. a shared read-only data dir: loading still works, only slower
         warnings.warn(f"jaxmlp: could not write the data cache under {data_dir} ({e}); "
                       f"the next load will decode through TFDS again", stacklevel=3)
     return ds
-
-
-def _write_atomic(path: str, **arrays) -> None:
-    """np.savez to a temporary file in the same folder, then os.replace: never a partial file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                               dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 # --- offline fail-fast ---------------------------------------------------------------------------

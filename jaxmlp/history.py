@@ -95,9 +95,10 @@ def param_percentiles(params) -> tuple[jax.Array, jax.Array]:
 
 # Host-side functions: numpy in, numpy out.
 
-def to_numpy(history: dict) -> dict:
-    """Host copy; shared keys lose the model axis a vmapped ensemble gave them."""
-    out = {k: np.array(v) for k, v in history.items()}  # writable host copies
+def to_numpy(history: dict, *, copy: bool = True) -> dict:
+    """Host arrays (writable copies unless ``copy=False``); shared keys lose the model
+    axis a vmapped ensemble gave them."""
+    out = {k: np.array(v) if copy else np.asarray(v) for k, v in history.items()}
     for k in SHARED_KEYS:
         if k in out and out[k].ndim > 1:
             out[k] = out[k][0]
@@ -134,7 +135,7 @@ def concat(a: dict, b: dict) -> dict:
 
 def completed_steps(history: dict) -> int:
     """Steps whose metrics are filled in (NaN loss from divergence still counts as run)."""
-    h = to_numpy(history)
+    h = to_numpy(history, copy=False)
     evaluated = ~np.isnan(h["test_accuracy"])
     if evaluated.ndim > 1:
         evaluated = evaluated.all(axis=tuple(range(evaluated.ndim - 1)))
@@ -144,7 +145,7 @@ def completed_steps(history: dict) -> int:
 def first_nonfinite_step(history: dict) -> int | None:
     """The first training step whose loss was not finite, or None. NaN padding is ignored
     by looking only at steps already run."""
-    h = to_numpy(history)
+    h = to_numpy(history, copy=False)
     done = completed_steps(h)
     loss = h["train_loss"][..., :done]
     bad = ~np.isfinite(loss)
@@ -156,7 +157,7 @@ def first_nonfinite_step(history: dict) -> int | None:
 
 def summarize(history: dict) -> dict:
     """Final and best test metrics of a (host) history; ensembles are reported per member."""
-    h = to_numpy(history)
+    h = to_numpy(history, copy=False)
     done = completed_steps(h)
     n_eval = int(np.searchsorted(h["test_step"], done, side="right"))
     acc, loss, steps = h["test_accuracy"][..., :n_eval], h["test_loss"][..., :n_eval], h["test_step"][:n_eval]

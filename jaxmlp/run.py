@@ -12,13 +12,15 @@ import contextlib
 import functools
 import os
 import signal
+import threading
 import time
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmlp import checkpoint, data, parallel, records, train
+from jaxmlp import checkpoint, data, model, parallel, records, train
 from jaxmlp import history as hist
 from jaxmlp.config import Config, ConfigError
 from jaxmlp.report import Reporter
@@ -131,7 +133,6 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None, dataset: d
                     break
     finally:
         reporter.close()
-    clock["trained"] = time.perf_counter()
 
     host_history = hist.truncate(history, step)
     if status == "diverged":
@@ -143,7 +144,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None, dataset: d
             checkpoint.save(mngr, state, history)
         timings = {"train_seconds": train_s, "eval_seconds": eval_s}
         write_records(out_dir, config, state, host_history, dataset, placement, clock, timings,
-                      status=status, error=error, quiet=quiet)
+                      status=status, error=error)
     if mngr is not None:
         mngr.close()
     if status == "diverged":
@@ -178,7 +179,7 @@ def init_run(config: Config, num_examples: int):
 
 
 def write_records(out_dir, config, state, history, dataset, placement, clock, timings, *,
-                  status, error=None, quiet=False):
+                  status, error=None):
     """history.npz, misclassified.npz, summary.json and the figures, each written atomically."""
     from jaxmlp import plot  # matplotlib is only needed once a run ends
 
@@ -192,7 +193,8 @@ def write_records(out_dir, config, state, history, dataset, placement, clock, ti
     members = [f"seed {s}, lr {lr:g}" for s, lr in config.members] if config.is_ensemble else None
     for path in plot.plot_history(history, out_dir, misclassified=wrong, members=members):
         files[os.path.splitext(os.path.basename(path))[0] + "_plot"] = os.path.basename(path)
-    files["checkpoints"] = "checkpoints"
+    if os.path.isdir(os.path.join(out_dir, "checkpoints")):  # none across several processes
+        files["checkpoints"] = "checkpoints"
     files["summary"] = records.SUMMARY_FILE
     clock["written"] = time.perf_counter()
     summary = {
@@ -204,8 +206,7 @@ def write_records(out_dir, config, state, history, dataset, placement, clock, ti
         "data": {"name": dataset.name, "version": dataset.version, "source": dataset.source,
                  "train_examples": int(len(dataset.train_labels)),
                  "test_examples": int(len(dataset.test_labels))},
-        "num_params": int(sum(np.prod(x.shape[1 if config.is_ensemble else 0:])
-                              for x in jax.tree.leaves(state.params))),
+        "num_params": model.num_params(state.params) // len(config.members),  # per model
         "environment": records.environment(),
         "placement": {"mode": placement.mode, "num_devices": placement.num_devices},
         "timings": {
@@ -217,33 +218,30 @@ def write_records(out_dir, config, state, history, dataset, placement, clock, ti
         "files": {k: os.path.abspath(os.path.join(out_dir, v)) for k, v in files.items()},
     }
     summary["wall_seconds"] = summary["timings"]["total_seconds"]
-    records.atomic_write_json(os.path.join(out_dir, "summary.json"), summary)
+    records.atomic_write_json(os.path.join(out_dir, records.SUMMARY_FILE), summary)
     return summary
 
 
 def _output_bytes(config: Config) -> int:
-    """A generous estimate of what a run writes: history, figures and checkpoints."""
-    k = len(config.members)
-    params = 4 * 2 * (784 * config.hidden[0] + sum(a * b for a, b in zip(config.hidden, config.hidden[1:]))
-                      + config.hidden[-1] * 10)
-    return k * (checkpoint.KEEP + 1) * (params + 16 * config.steps) + 8 * 2**20
+    """A generous estimate of what a run writes: checkpoints and history (float32 parameters
+    and about four numbers per step, per model), plus the figures."""
+    widths = (model.NUM_INPUTS, *config.hidden, model.NUM_CLASSES)
+    params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
+    per_model = 4 * (params + 4 * config.steps)
+    return len(config.members) * (checkpoint.KEEP + 2) * per_model + 16 * 2**20
 
 
 @contextlib.contextmanager
 def _stop_on_signals():
     """Turn SIGINT/SIGTERM into a flag the loop checks between chunks (main thread only)."""
 
-    class Stop:
-        signum = None
-
-    stop = Stop()
+    stop = types.SimpleNamespace(signum=None)
 
     def handler(signum, _frame):
         if stop.signum is not None:  # a second signal: stop now
             raise KeyboardInterrupt
         stop.signum = signum
 
-    import threading
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
