@@ -11,9 +11,9 @@ import importlib
 _PUBLIC = {
     "Config": "config", "ConfigError": "config", "DATASETS": "config",
     "MLP": "model",
-    "TrainState": "train", "Data": "train", "init_state": "train", "init_ensemble": "train",
-    "train_step": "train", "evaluate": "train", "run_steps": "train", "ensemble_run_steps": "train",
-    "epoch_orders": "train", "batch_at": "train", "sgd": "train",
+    "TrainState": "train", "Data": "loop", "init_state": "train", "init_ensemble": "loop",
+    "train_step": "train", "evaluate": "train", "run_steps": "loop", "ensemble_run_steps": "loop",
+    "epoch_orders": "loop", "batch_at": "loop", "sgd": "train",
     "train_and_evaluate": "run",
     "load_dataset": ("data", "load"), "Dataset": "data", "DataError": "data",
 }

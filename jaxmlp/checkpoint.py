@@ -1,9 +1,10 @@
-"""Orbax checkpoints of a run: the train state and the history so far.
+"""Orbax checkpoints of a run: the train state's arrays and the history so far.
 
-A checkpoint holds only arrays (step, params, optimizer state, history); the
-static parts (graph definition, optimizer) are rebuilt from the config, and
-the data order is a pure function of the seed, so a restored run continues
-bit-identically.
+A checkpoint holds only arrays (step, params, the model's other state, optimizer
+state, key, history); the static parts (graph definition, optimizer) are rebuilt
+from the config, and the data order is a pure function of the seed, so a
+restored run continues bit-identically. PRNG keys are stored as their raw
+uint32 data. Every failure to read one is a one-line ``RecordError``.
 """
 
 from __future__ import annotations
@@ -13,25 +14,42 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from jaxmlp.records import RecordError
 from jaxmlp.train import TrainState
 
 KEEP = 3  # checkpoints kept; older ones are deleted
 
 
-def manager(run_dir: str) -> ocp.CheckpointManager:
+def manager(directory: str) -> ocp.CheckpointManager:
+    """The manager of a run's checkpoint folder (``RunFiles(...).checkpoints``)."""
     options = ocp.CheckpointManagerOptions(max_to_keep=KEEP, create=True,
                                            enable_async_checkpointing=False)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(run_dir, "checkpoints")),
-                                 options=options)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+def latest_step(directory: str) -> int:
+    """The step of the newest checkpoint in ``directory``; ``RecordError`` if there is none."""
+    steps = []
+    if os.path.isdir(directory):
+        steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
+    if not steps:
+        raise RecordError(f"nothing to resume: {directory} holds no checkpoint "
+                          f"(is this a jaxmlp run folder?)")
+    return max(steps)
+
+
+def _is_key(x) -> bool:
+    return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
 def _arrays(state: TrainState, history: dict) -> dict:
-    return {"step": state.step, "params": state.params, "opt_state": state.opt_state,
-            "history": history}
+    tree = {"step": state.step, "params": state.params, "rest": state.rest,
+            "opt_state": state.opt_state, "key": state.key, "history": history}
+    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
 
 
 def save(mngr: ocp.CheckpointManager, state: TrainState, history: dict) -> int:
-    """Save at the state's step (the same for every ensemble member); returns that step."""
+    """Save at the run's step (the furthest member's); returns that step."""
     step = int(jax.device_get(state.step).max())
     if step not in mngr.all_steps():
         mngr.save(step, args=ocp.args.StandardSave(_arrays(state, history)))
@@ -39,13 +57,20 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, history: dict) -> int:
     return step
 
 
-def restore(mngr: ocp.CheckpointManager, state: TrainState, history: dict,
-            step: int | None = None) -> tuple[TrainState, dict]:
-    """Restore into the structure, dtypes and shardings of a fresh ``state`` and ``history``."""
-    step = mngr.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError("no checkpoint to resume from")
+def restore(mngr: ocp.CheckpointManager, state: TrainState, history: dict) -> tuple[TrainState, dict]:
+    """Restore the latest checkpoint into the structure, dtypes and shardings of a fresh
+    ``state`` and ``history``."""
+    step = latest_step(os.fspath(mngr.directory))
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state, history))
-    got = mngr.restore(step, args=ocp.args.StandardRestore(target))
-    state = state.replace(step=got["step"], params=got["params"], opt_state=got["opt_state"])
-    return state, got["history"]
+    try:
+        got = mngr.restore(step, args=ocp.args.StandardRestore(target))
+    except Exception as e:  # Orbax raises many types for truncated or corrupt files
+        message = " ".join(str(e).split())[:200]
+        raise RecordError(f"cannot restore the checkpoint at step {step} in {mngr.directory}: "
+                          f"{type(e).__name__}: {message}") from e
+    fresh = {"step": state.step, "params": state.params, "rest": state.rest,
+             "opt_state": state.opt_state, "key": state.key}
+    rewrap = lambda like, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(like)) \
+        if _is_key(like) else x
+    got_state = jax.tree.map(rewrap, fresh, {k: got[k] for k in fresh})
+    return state.replace(**got_state), got["history"]

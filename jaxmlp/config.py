@@ -1,14 +1,17 @@
-"""The experiment's configuration: one frozen dataclass, validated once.
+"""The experiment's configuration: one frozen dataclass, presets, validation.
 
-The defaults are Görner's 2017 MNIST experiment. The original minimises the
-cross-entropy *summed* over a batch of 100 with SGD at lr 0.003; jaxmlp uses
-the *mean* over the batch, so the same update needs lr 0.3:
+The defaults are Görner's 2017 seed experiment (the ``relu`` preset). The
+original minimises the cross-entropy *summed* over a batch of 100 with SGD at
+lr 0.003; jaxmlp uses the *mean* over the batch, so the same update needs lr 0.3:
 
     grad(sum) = B * grad(mean)   =>   0.003 * grad(sum) == 0.3 * grad(mean)  at B = 100.
 
 The mean keeps the learning rate meaningful when the batch size changes and
 makes the reported loss a per-image cross-entropy (``tests/test_train.py``
-checks the equivalence).
+checks the equivalence). Adam is invariant to a constant loss scale up to its
+epsilon, so the Adam presets keep the talk's learning rates.
+
+This module never imports JAX: scripts validate flags before paying for it.
 """
 
 from __future__ import annotations
@@ -19,42 +22,80 @@ import math
 DATASETS = ("mnist", "fashion_mnist", "kmnist")
 """Datasets jaxmlp accepts: all 28x28 grey images in 10 classes."""
 
+ACTIVATIONS = ("relu", "sigmoid")
+OPTIMIZERS = ("sgd", "adam")
+TRAIN_METRICS = ("before", "after")
+
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message says which and why."""
 
 
+def _field(default, help: str):
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Everything that defines a run. ``Config()`` is the original experiment."""
+    """Everything that defines a run. ``Config()`` is the seed experiment."""
 
     # Data.
-    dataset: str = "mnist"  # one of DATASETS
-    data_dir: str | None = None  # TFDS data dir (None: TFDS's default, ~/tensorflow_datasets)
-    manual_dir: str | None = None  # folder with the four MNIST-format IDX .gz files
-    # Model: 784 -> hidden... -> 10, ReLU between layers, logits out.
-    hidden: tuple[int, ...] = (200, 100, 60, 30)
-    init_stddev: float = 0.1  # weights ~ truncated normal(0, stddev) cut at 2 stddev; biases 0
-    # Optimisation: plain SGD on the batch-mean cross-entropy (see module docstring).
-    learning_rate: float = 0.3  # == lr 0.003 on the summed loss at batch 100
-    batch_size: int = 100
-    steps: int = 10_000
+    dataset: str = _field("mnist", f"one of {', '.join(DATASETS)}")
+    data_dir: str | None = _field(None, "TFDS data dir (default: TFDS's, ~/tensorflow_datasets)")
+    manual_dir: str | None = _field(None, "folder with the four MNIST-format IDX .gz files "
+                                          "to prepare through TFDS")
+    train_split: str = _field("train", "TFDS split string for training, e.g. 'train[5000:]' "
+                                       "(the original's 55,000)")
+    test_split: str = _field("test", "TFDS split string scored every eval_every steps")
+    # Model: 784 -> hidden... -> 10, activation between layers, logits out.
+    preset: str = _field("relu", "the ladder rung these defaults came from (see PRESETS)")
+    hidden: tuple[int, ...] = _field((200, 100, 60, 30), "hidden layer widths, comma-separated "
+                                                         "('' for none: softmax regression)")
+    activation: str = _field("relu", f"hidden activation: {', '.join(ACTIVATIONS)}")
+    init_stddev: float = _field(0.1, "weights ~ truncated normal(0, stddev) cut at 2 stddev "
+                                     "(0: all zeros)")
+    bias_init: float = _field(0.0, "initial bias of the hidden layers (the output layer's is 0)")
+    dropout: float = _field(0.0, "dropout rate after each hidden layer in training "
+                                 "(0.25 is the talk's pkeep 0.75)")
+    # Optimisation on the batch-mean cross-entropy (see the module docstring).
+    optimizer: str = _field("sgd", f"one of {', '.join(OPTIMIZERS)}")
+    learning_rate: float = _field(0.3, "learning rate on the batch-mean loss, the peak of a "
+                                       "decay (0.3 == 0.003 on the summed loss at batch 100)")
+    lr_decay_steps: int = _field(0, "lr = lr_min + (learning_rate - lr_min) * exp(-step / this) "
+                                    "(0: constant)")
+    lr_min: float = _field(0.0, "the decayed learning rate's floor")
+    batch_size: int = _field(100, "training batch size")
+    steps: int = _field(10_000, "training steps")
     # Evaluation and reporting.
-    eval_every: int = 100  # score the whole test set every this many steps (and at step 0)
-    eval_batch_size: int = 10_000  # test images per forward pass; the last batch is padded and masked
-    log_every: int = 1_000  # print a line every this many steps
-    checkpoint_every: int = 0  # save an Orbax checkpoint every this many steps (0: only at the end)
-    seed: int = 0  # one key, split into init and data-order keys
-    # Ensembles: train one model per (seed, learning rate) pair of these, in one program.
-    seeds: tuple[int, ...] = ()  # empty: just ``seed``
-    learning_rates: tuple[float, ...] = ()  # empty: just ``learning_rate``
+    train_metrics: str = _field("before", "minibatch metrics under the parameters 'before' the "
+                                          "update (free) or 'after' it (the original's; costs "
+                                          "a forward pass)")
+    eval_every: int = _field(100, "score the whole test set every this many steps (and at step 0)")
+    eval_batch_size: int = _field(10_000, "test images per forward pass (last batch padded and masked)")
+    log_every: int = _field(1_000, "print a line every this many steps")
+    checkpoint_every: int = _field(0, "save a checkpoint every this many steps (0: only at the end)")
+    seed: int = _field(0, "one key, split into init, data-order and dropout keys")
+    # Ensembles: one model per (seed, learning rate) pair, all in one compiled program.
+    seeds: tuple[int, ...] = _field((), "ensemble: one model per seed, comma-separated (e.g. 0,1,2,3)")
+    learning_rates: tuple[float, ...] = _field((), "ensemble: one model per learning rate (peak), "
+                                                   "comma-separated")
 
     def __post_init__(self):
         # Normalise list-like input so configs hash and compare by value.
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         object.__setattr__(self, "seeds", tuple(int(v) for v in self.seeds))
         object.__setattr__(self, "learning_rates", tuple(float(v) for v in self.learning_rates))
+        for name in ("learning_rate", "init_stddev", "bias_init", "dropout", "lr_min"):
+            if isinstance(getattr(self, name), int):
+                object.__setattr__(self, name, float(getattr(self, name)))
         _validate(self)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "Config":
+        """The ladder rung ``name`` (see ``PRESETS``), with explicit ``overrides`` on top."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown preset {name!r}; accepted: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], "preset": name, **overrides})
 
     @property
     def num_evals(self) -> int:
@@ -71,6 +112,11 @@ class Config:
     def is_ensemble(self) -> bool:
         return bool(self.seeds or self.learning_rates)
 
+    @property
+    def shares_batches(self) -> bool:
+        """Whether every member sees the same batches (one seed): gathered once for all."""
+        return self.is_ensemble and len(self.seeds) <= 1
+
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)
 
@@ -86,7 +132,56 @@ class Config:
         unknown = set(d) - names
         if unknown:
             raise ConfigError(f"unknown config fields {sorted(unknown)}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ConfigError):
+                raise
+            raise ConfigError(f"malformed config: {' '.join(str(e).split())}") from e
+
+
+RESUMABLE = ("data_dir", "manual_dir", "log_every", "checkpoint_every")
+"""Fields ``--resume`` may change: where the data lives and how often to report or save.
+Everything else (``eval_batch_size`` too: it changes the test loss's summation order)
+defines the run the checkpoint belongs to."""
+
+
+def resumed(saved: Config, **given) -> Config:
+    """``saved`` with the flags in ``given``; ``ConfigError`` if one would change the run."""
+    changed = sorted(k for k, v in given.items() if k not in RESUMABLE
+                     and getattr(saved, k) != getattr(saved.replace(**{k: v}), k))
+    if changed:
+        raise ConfigError("--resume continues the saved run; drop --"
+                          + ", --".join(c.replace("_", "-") for c in changed))
+    return saved.replace(**given)
+
+
+def help_text(name: str) -> str:
+    """The one-line help of field ``name`` (flags and docs read it from here)."""
+    return next(f.metadata["help"] for f in dataclasses.fields(Config) if f.name == name)
+
+
+_SEED_NET = dict(hidden=(200, 100, 60, 30), init_stddev=0.1, dropout=0.0, lr_decay_steps=0,
+                 lr_min=0.0)
+_DECAY = dict(optimizer="adam", learning_rate=0.003, lr_decay_steps=2000, lr_min=0.0001)
+
+PRESETS: dict[str, dict] = {
+    # Görner's MLP ladder (2017): 10,000 steps of batch 100, test set every 100 steps.
+    "softmax": dict(_SEED_NET, hidden=(), init_stddev=0.0, bias_init=0.0, activation="relu",
+                    optimizer="sgd", learning_rate=0.5),  # lr 0.005 on the summed loss
+    "sigmoid": dict(_SEED_NET, activation="sigmoid", bias_init=0.0, optimizer="adam",
+                    learning_rate=0.003),
+    "relu": dict(_SEED_NET, activation="relu", bias_init=0.0, optimizer="sgd", learning_rate=0.3),
+    "relu-lrdecay": dict(_SEED_NET, activation="relu", bias_init=0.1, **_DECAY),
+    "relu-lrdecay-dropout": dict(_SEED_NET, activation="relu", bias_init=0.1, **_DECAY,
+                                 dropout=0.25),  # pkeep 0.75
+}
+"""Config fields of each rung; ``relu`` is the seed experiment and ``Config()``'s defaults."""
+
+GORNER_MNIST = {  # his reported final MNIST test accuracy for each rung (not measured here)
+    "softmax": "~0.92 (max 0.9268)", "sigmoid": "0.9788", "relu": "just under 0.98",
+    "relu-lrdecay": "0.9824", "relu-lrdecay-dropout": "0.9817",
+}
 
 
 def _validate(c: Config) -> None:
@@ -94,18 +189,35 @@ def _validate(c: Config) -> None:
         if not ok:
             raise ConfigError(msg)
 
-    need(c.dataset in DATASETS, f"unknown dataset {c.dataset!r}; accepted: {', '.join(DATASETS)}")
-    need(len(c.hidden) > 0 and all(h > 0 for h in c.hidden),
-         f"hidden widths must be positive integers, got {list(c.hidden)}")
+    def one_of(name: str, accepted):
+        need(getattr(c, name) in accepted,
+             f"unknown {name} {getattr(c, name)!r}; accepted: {', '.join(accepted)}")
+
+    one_of("dataset", DATASETS)
+    one_of("preset", tuple(PRESETS))
+    one_of("activation", ACTIVATIONS)
+    one_of("optimizer", OPTIMIZERS)
+    one_of("train_metrics", TRAIN_METRICS)
+    for name in ("train_split", "test_split"):
+        v = getattr(c, name)
+        need(isinstance(v, str) and v.strip() != "", f"{name} must be a TFDS split string, got {v!r}")
+    need(all(h > 0 for h in c.hidden), f"hidden widths must be positive integers, got {list(c.hidden)}")
     for name in ("batch_size", "steps", "eval_every", "eval_batch_size", "log_every"):
         v = getattr(c, name)
         need(isinstance(v, int) and v > 0, f"{name} must be a positive integer, got {v!r}")
-    need(isinstance(c.checkpoint_every, int) and c.checkpoint_every >= 0,
-         f"checkpoint_every must be >= 0, got {c.checkpoint_every!r}")
-    for name in ("learning_rate", "init_stddev"):
+    for name in ("checkpoint_every", "lr_decay_steps"):
         v = getattr(c, name)
-        need(isinstance(v, (int, float)) and math.isfinite(v) and v > 0,
-             f"{name} must be a positive finite number, got {v!r}")
+        need(isinstance(v, int) and v >= 0, f"{name} must be an integer >= 0, got {v!r}")
+    for name in ("learning_rate", "init_stddev", "bias_init", "lr_min", "dropout"):
+        v = getattr(c, name)
+        need(isinstance(v, float) and math.isfinite(v), f"{name} must be a finite number, got {v!r}")
+    need(c.learning_rate > 0, f"learning_rate must be positive, got {c.learning_rate!r}")
+    need(c.init_stddev >= 0, f"init_stddev must be >= 0, got {c.init_stddev!r}")
+    need(0 <= c.dropout < 1, f"dropout is a rate in [0, 1), got {c.dropout!r}")
+    need(0 <= c.lr_min, f"lr_min must be >= 0, got {c.lr_min!r}")
+    for lr in (c.learning_rate, *c.learning_rates):
+        need(not c.lr_decay_steps or lr > c.lr_min,
+             f"the learning rate {lr!r} must exceed lr_min ({c.lr_min!r}) to decay to it")
     # Fixed-length chunks between evaluations keep one compiled shape for the whole run.
     need(c.steps % c.eval_every == 0,
          f"eval_every ({c.eval_every}) must divide steps ({c.steps})")

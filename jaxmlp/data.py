@@ -1,15 +1,18 @@
 """MNIST-family data as host numpy arrays: TFDS, local IDX files, a warm cache.
 
-``load(name, data_dir=, manual_dir=)`` looks in this order and stops at the
-first hit:
+``load(name, data_dir=, manual_dir=, train_split=, test_split=)`` looks in
+this order and stops at the first hit:
 
 1. ``tfds.testing.mock_data`` is active: TFDS's fake examples (never cached).
-2. The warm cache ``<data_dir>/jaxmlp_cache/<name>/<version>/<split>.npz``:
-   decoded uint8 arrays. This path imports TFDS (for the version) but never
-   TensorFlow. An entry counts only while the TFDS dataset it was decoded from
-   is still in ``<data_dir>`` unchanged (names, sizes and mtimes of its files).
+2. The warm cache ``<data_dir>/jaxmlp_cache/<name>/<version>/<split>.npz``, one
+   file per split string (``train``, ``train[5000:]``, ...): decoded uint8
+   arrays. This path imports TFDS (for the version) but never TensorFlow. An
+   entry counts only while the TFDS dataset it was decoded from is still in
+   ``<data_dir>`` unchanged (names, sizes and mtimes of its files).
 3. The TFDS dataset already prepared in ``<data_dir>/<name>/<version>``:
-   decoded once through TensorFlow, then cached.
+   each split string not cached yet is read through TFDS's own split API
+   (``builder.as_dataset(split=...)``), decoded once through TensorFlow, then
+   cached.
 4. ``manual_dir``: the four IDX files are validated here (``jaxmlp.idx``),
    then prepared through TFDS, decoded and cached.
 5. A download by TFDS, but only after a quick TCP probe of the builder's
@@ -27,6 +30,12 @@ come from (``dl_manager.manual_dir`` instead of a download). The result is
 the same ``<data_dir>/<name>/<version>`` a download produces, with the same
 example keys and so the same order, and ``tfds.load(name, data_dir=...)``
 finds it later, with or without jaxmlp.
+
+Split strings are TFDS's (https://www.tensorflow.org/datasets/splits):
+``train[5000:]`` is ``train`` minus its first 5,000 examples *in TFDS's
+order*, ``test[:10%]``, ``train+test``... jaxmlp never parses a slice itself:
+TFDS checks the syntax and split names before any work starts, and the slice
+bounds once the split sizes are known (after preparing).
 
 Nothing half-built is ever left in ``data_dir``: TFDS prepares into a
 private staging folder inside it, which is renamed into place only when
@@ -56,7 +65,8 @@ from jaxmlp.config import DATASETS
 
 PROBE_TIMEOUT_S = 4.0  # TCP connect to the download host; keeps the offline error well under 10 s
 CACHE_DIR = "jaxmlp_cache"
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # the splits every dataset in DATASETS has
+SPLIT_EXAMPLE = "'train[5000:]' (train minus its first 5000), 'test', 'train[:10%]'"
 _STAGING_PREFIX = ".jaxmlp-prepare-"
 _README_OFFLINE = 'README, section "Offline"'
 
@@ -73,14 +83,18 @@ class Dataset(NamedTuple):
     name: str  # one of DATASETS
     version: str  # TFDS dataset version, e.g. "3.0.1"
     source: str  # where the arrays came from: cache | tfds | manual | download | mock
+    train_split: str = "train"  # the TFDS split strings the arrays hold
+    test_split: str = "test"
 
 
-def load(name: str = "mnist", *, data_dir: str | None = None,
-         manual_dir: str | None = None, progress: bool = True) -> Dataset:
+def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | None = None,
+         train_split: str = "train", test_split: str = "test", progress: bool = True) -> Dataset:
     """Load ``name`` (one of ``DATASETS``) as host numpy arrays.
 
     Args:
       name: TFDS dataset name.
+      train_split, test_split: TFDS split strings, e.g. ``"train[5000:]"``
+        (the original's 55,000 training images), ``"test"``, ``"test[:50%]"``.
       data_dir: TFDS data dir; None means TFDS's default (``$TFDS_DATA_DIR``
         or ``~/tensorflow_datasets``).
       manual_dir: folder with the four MNIST-format IDX ``.gz`` files, used to
@@ -89,12 +103,14 @@ def load(name: str = "mnist", *, data_dir: str | None = None,
         for the process).
 
     Raises:
-      DataError: unknown name, bad manual files, unwritable data dir, offline.
+      DataError: unknown name or split, bad manual files, unwritable data dir, offline.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
     import tensorflow_datasets as tfds  # ~0.5 s; does not import TensorFlow
 
+    splits = (_check_split(tfds, "train_split", train_split),
+              _check_split(tfds, "test_split", test_split))
     if not progress:
         tfds.disable_progress_bar()
 
@@ -104,12 +120,13 @@ def load(name: str = "mnist", *, data_dir: str | None = None,
 
     if _tfds_is_mocked(tfds):
         # Fake data: TFDS ignores data_dir here, and nothing may reach a real cache.
-        return _from_tfds(name, version, data_dir, source="mock")
-    cached = _read_cache(data_dir, name, version)
-    if cached is not None:
-        return Dataset(*cached["train"], *cached["test"], name, version, "cache")
+        return _from_mock(name, version, data_dir, splits)
+    cached = _read_cache(data_dir, name, version, splits)
+    if len(cached) == len(splits):
+        return Dataset(*cached[splits[0]], *cached[splits[1]], name, version, "cache", *splits)
     if os.path.isfile(_info_path(data_dir, name, version)):
-        return _cache_and_return(_from_tfds(name, version, data_dir, source="tfds"), data_dir)
+        return _cache_and_return(_from_tfds(name, version, data_dir, splits, source="tfds",
+                                            cached=cached), data_dir)
     if manual_dir is not None:
         manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
         try:  # validate the decompressed content before TFDS touches anything
@@ -119,14 +136,49 @@ def load(name: str = "mnist", *, data_dir: str | None = None,
                             f"(nothing was written to {data_dir})") from e
         _prepare(_manual_builder_cls(name), name, data_dir,
                  what=f"from the files in {manual_dir}", manual_dir=manual_dir)
-        return _cache_and_return(_from_tfds(name, version, data_dir, source="manual"), data_dir)
+        return _cache_and_return(_from_tfds(name, version, data_dir, splits, source="manual"),
+                                 data_dir)
     url = getattr(builder_cls, "URL", None)
     if url:
         problem = _probe(url)
         if problem:
             raise DataError(_offline_message(name, version, data_dir, url, problem))
     _prepare(builder_cls, name, data_dir, what=f"by downloading it from {url or 'its source'}")
-    return _cache_and_return(_from_tfds(name, version, data_dir, source="download"), data_dir)
+    return _cache_and_return(_from_tfds(name, version, data_dir, splits, source="download"),
+                             data_dir)
+
+
+# --- split strings -------------------------------------------------------------------------------
+
+def _check_split(tfds, role: str, split) -> str:
+    """``split`` if TFDS parses it and it names only splits the dataset has; else a DataError.
+
+    Split sizes are unknown until the dataset is prepared, so here the names are
+    resolved against unbounded sizes; ``_resolve`` checks the bounds later.
+    """
+    if not isinstance(split, str) or not split.strip():
+        raise DataError(f"bad {role} {split!r}: give a TFDS split string, e.g. {SPLIT_EXAMPLE}")
+    _resolve(tfds, role, split, dict.fromkeys(SPLITS, 2**62), sizes_known=False)
+    return split
+
+
+def _resolve(tfds, role: str, split: str, sizes: dict[str, int], *,
+             sizes_known: bool = True) -> list[tuple[str, int, int]]:
+    """TFDS's own reading of ``split`` given each split's size: [(split name, start, stop), ...]."""
+    infos = {s: tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0, filename_template=None)
+             for s, n in sizes.items()}
+    try:
+        parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
+    except (ValueError, NotImplementedError, KeyError) as e:
+        # TFDS's parse errors repeat the format link over two lines; its last line is the point.
+        why = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip().rstrip(".")
+        raise DataError(f"bad {role} {split!r}: {why}; use a TFDS split string over "
+                        f"{'/'.join(SPLITS)}, e.g. {SPLIT_EXAMPLE}") from None
+    ranges = [(p.splitname, *slice(p.from_, p.to).indices(sizes[p.splitname])[:2]) for p in parts]
+    if sum(max(stop - start, 0) for _, start, stop in ranges) == 0:
+        of = f" of {', '.join(f'{s} {n}' for s, n in sizes.items())}" if sizes_known else ""
+        raise DataError(f"bad {role} {split!r}: it selects no examples{of}; e.g. {SPLIT_EXAMPLE}")
+    return [(s, start, max(start, stop)) for s, start, stop in ranges]
 
 
 # --- TFDS: preparing and decoding (the cold path; imports TensorFlow) ----------------------------
@@ -174,22 +226,55 @@ def _rmdir_if_empty(path: str) -> None:
         pass
 
 
-def _from_tfds(name: str, version: str, data_dir: str, *, source: str) -> Dataset:
-    """Decode both splits of a prepared (or mocked) TFDS dataset into numpy arrays."""
+def _from_tfds(name: str, version: str, data_dir: str, splits: tuple[str, str], *, source: str,
+               cached: dict | None = None) -> Dataset:
+    """Both splits of a prepared TFDS dataset as numpy arrays; ``cached`` ones are reused."""
     tfds = _import_tfds_with_tf()
     builder = tfds.builder(name, data_dir=data_dir)
+    sizes = {s: builder.info.splits[s].num_examples for s in SPLITS}
     arrays = []
-    for split in SPLITS:
-        # Iterate in batches: batch_size=-1 aborts the process under tfds.testing.mock_data.
-        images, labels = [], []
-        ds = builder.as_dataset(split=split, batch_size=1000, shuffle_files=False)
-        for batch in tfds.as_numpy(ds):
-            images.append(batch["image"])
-            labels.append(batch["label"])
-        images = np.concatenate(images).reshape(-1, idx.SIDE, idx.SIDE).astype(np.uint8)
-        labels = np.concatenate(labels).astype(np.int32)
+    for role, split in zip(("train_split", "test_split"), splits):
+        if cached and split in cached:
+            arrays += cached[split]
+            continue
+        want = sum(stop - start for _, start, stop in _resolve(tfds, role, split, sizes))
+        images, labels = _decode(tfds, builder, split)
+        if len(labels) != want:  # TFDS read something other than it said it would
+            raise DataError(f"{role} {split!r} of {name} gave {len(labels)} examples, expected "
+                            f"{want}; delete {builder.data_dir} and prepare it again")
         arrays += [images, labels]
-    return Dataset(*arrays, name, version, source)
+    return Dataset(*arrays, name, version, source, *splits)
+
+
+def _decode(tfds, builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,) int32) of ``split``, in TFDS's order."""
+    # Iterate in batches: batch_size=-1 aborts the process under tfds.testing.mock_data.
+    images, labels = [], []
+    ds = builder.as_dataset(split=split, batch_size=1000, shuffle_files=False)
+    for batch in tfds.as_numpy(ds):
+        images.append(batch["image"])
+        labels.append(batch["label"])
+    images = np.concatenate(images).reshape(-1, idx.SIDE, idx.SIDE).astype(np.uint8)
+    return images, np.concatenate(labels).astype(np.int32)
+
+
+def _from_mock(name: str, version: str, data_dir: str, splits: tuple[str, str]) -> Dataset:
+    """Both splits from ``tfds.testing.mock_data``.
+
+    The mock ignores slices (every split string gives all ``num_examples`` fake
+    examples), so the whole fake splits are read and TFDS's own reading of each
+    split string (``_resolve``) is applied to them, as a prepared dataset would be.
+    """
+    tfds = _import_tfds_with_tf()
+    builder = tfds.builder(name, data_dir=data_dir)
+    whole = {s: _decode(tfds, builder, s) for s in SPLITS}
+    sizes = {s: len(labels) for s, (_, labels) in whole.items()}
+    arrays = []
+    for role, split in zip(("train_split", "test_split"), splits):
+        ranges = _resolve(tfds, role, split, sizes)
+        for k in range(2):  # images, then labels
+            arrays.append(np.concatenate([whole[s][k][start:stop] for s, start, stop in ranges]))
+    return Dataset(*arrays, name, version, "mock", *splits)
 
 
 def _import_tfds_with_tf():
@@ -270,27 +355,29 @@ def _token(data_dir: str, name: str, version: str) -> str | None:
 
 
 def _cache_path(data_dir: str, name: str, version: str, split: str) -> str:
-    return os.path.join(data_dir, CACHE_DIR, name, version, f"{split}.npz")
+    # One file per split string, so "train" and "train[5000:]" never share an entry;
+    # quoted because split strings hold "[", ":" and "%" ("train" stays train.npz).
+    fname = urllib.parse.quote(split, safe="") + ".npz"
+    return os.path.join(data_dir, CACHE_DIR, name, version, fname)
 
 
-def _read_cache(data_dir: str, name: str, version: str) -> dict | None:
-    """Both splits from the cache, or None on any miss, mismatch or damage."""
+def _read_cache(data_dir: str, name: str, version: str, splits) -> dict:
+    """{split: (images, labels)} for each of ``splits`` the cache holds intact and current."""
     token = _token(data_dir, name, version)
     if token is None:
-        return None
+        return {}
     out = {}
-    for split in SPLITS:
+    for split in splits:
         try:
             with np.load(_cache_path(data_dir, name, version, split), allow_pickle=False) as z:
                 images, labels, entry_token = z["images"], z["labels"], str(z["token"])
         except Exception:  # missing, truncated or foreign file: treat as a miss and rebuild
-            return None
+            continue
         ok = (entry_token == token and images.dtype == np.uint8 and labels.dtype == np.int32
               and images.ndim == 3 and images.shape[1:] == (idx.SIDE, idx.SIDE)
               and labels.shape == images.shape[:1])
-        if not ok:
-            return None
-        out[split] = (images, labels)
+        if ok:
+            out[split] = (images, labels)
     return out
 
 
@@ -298,8 +385,8 @@ def _cache_and_return(ds: Dataset, data_dir: str) -> Dataset:
     """Write ``ds`` to the warm cache (best effort) and return it."""
     token = _token(data_dir, ds.name, ds.version)
     try:
-        for split, images, labels in (("train", ds.train_images, ds.train_labels),
-                                      ("test", ds.test_images, ds.test_labels)):
+        for split, images, labels in ((ds.train_split, ds.train_images, ds.train_labels),
+                                      (ds.test_split, ds.test_images, ds.test_labels)):
             path = _cache_path(data_dir, ds.name, ds.version, split)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             records.atomic_save_npz(path, {"images": images, "labels": labels, "token": np.str_(token)})

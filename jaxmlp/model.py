@@ -1,9 +1,9 @@
-"""The model: a Flax NNX multilayer perceptron, forward pass only.
+"""The MLP family of Görner's ladder, as a Flax NNX module (forward pass only).
 
-jaxmlp builds the module once, splits it into a static graph definition and a
-pytree of parameters (``nnx.split``), and merges them back inside jitted code
-(``apply``). The training core therefore only ever sees plain pytrees, so the
-same step runs under ``jit``, ``lax.scan``, ``vmap`` and sharding.
+Any ``nnx.Module`` that maps (B, 28, 28) float images in [0, 1] to (B, 10)
+logits trains through jaxmlp; this one covers the talk's rungs: softmax
+regression (no hidden layer), sigmoid or ReLU hidden layers, a bias init, and
+dropout after each hidden layer.
 """
 
 from __future__ import annotations
@@ -15,54 +15,73 @@ from flax import nnx
 IMAGE_SHAPE = (28, 28)
 NUM_INPUTS = IMAGE_SHAPE[0] * IMAGE_SHAPE[1]  # 784
 NUM_CLASSES = 10
+_ACTIVATIONS = {"relu": jax.nn.relu, "sigmoid": jax.nn.sigmoid}
 
 
 class MLP(nnx.Module):
-    """784 -> hidden[0] -> ... -> hidden[-1] -> 10, ReLU between layers, logits out."""
+    """784 -> hidden[0] -> ... -> hidden[-1] -> 10: activation (and dropout) between layers.
 
-    def __init__(self, hidden=(200, 100, 60, 30), *, init_stddev: float = 0.1,
+    Weights ~ N(0, init_stddev) truncated at 2 stddev (zeros if 0), hidden biases
+    ``bias_init``, output bias 0, as in the talk's programs.
+    """
+
+    def __init__(self, hidden=(200, 100, 60, 30), *, activation: str = "relu",
+                 init_stddev: float = 0.1, bias_init: float = 0.0, dropout: float = 0.0,
                  in_features: int = NUM_INPUTS, num_classes: int = NUM_CLASSES, rngs: nnx.Rngs):
         widths = (in_features, *hidden, num_classes)
-        # As in the original: weights ~ N(0, stddev) truncated at 2 stddev, biases zero.
-        kernel_init = jax.nn.initializers.truncated_normal(stddev=init_stddev, lower=-2.0, upper=2.0)
+        kernel_init = (jax.nn.initializers.truncated_normal(stddev=init_stddev, lower=-2.0, upper=2.0)
+                       if init_stddev > 0 else jax.nn.initializers.zeros)
         self.layers = nnx.List([
-            nnx.Linear(n_in, n_out, kernel_init=kernel_init,
-                       bias_init=jax.nn.initializers.zeros, rngs=rngs)
-            for n_in, n_out in zip(widths[:-1], widths[1:])
+            nnx.Linear(n_in, n_out, kernel_init=kernel_init, rngs=rngs,
+                       bias_init=jax.nn.initializers.constant(bias_init if i < len(hidden) else 0.0))
+            for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:]))
         ])
+        self.activation = activation
+        # One dropout stream; the train step reseeds it from the state's key every step.
+        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """x: (B, 784) float -> logits (B, 10)."""
+    def __call__(self, images: jax.Array) -> jax.Array:
+        """images (B, 28, 28) or (B, 784), float -> logits (B, 10)."""
+        x = images.reshape(images.shape[0], -1)
+        act = _ACTIVATIONS[self.activation]
         for layer in self.layers[:-1]:
-            x = jax.nn.relu(layer(x))
+            x = act(layer(x))
+            if self.dropout is not None:
+                x = self.dropout(x)
         return self.layers[-1](x)
 
 
-def create(key: jax.Array, hidden=(200, 100, 60, 30), *, init_stddev: float = 0.1):
-    """Build an MLP from ``key``; returns ``(graphdef, params)`` (params: an ``nnx.State``)."""
-    model = MLP(hidden, init_stddev=init_stddev, rngs=nnx.Rngs(params=key))
-    return nnx.split(model, nnx.Param)
-
-
-def to_inputs(images: jax.Array) -> jax.Array:
-    """(B, 28, 28) uint8 in [0, 255], or float already in [0, 1] -> (B, 784) float32."""
-    x = images.reshape(images.shape[0], -1)
-    if x.dtype == jnp.uint8:
-        # Scaling inside the compiled step lets the data stay on the device as uint8 (4x smaller).
-        return x.astype(jnp.float32) * (1.0 / 255.0)
-    return x.astype(jnp.float32)
-
-
-def apply(graphdef: nnx.GraphDef, params: nnx.State, images: jax.Array) -> jax.Array:
-    """Pure forward pass: images (B, 28, 28) or (B, 784) -> logits (B, 10)."""
-    return nnx.merge(graphdef, params)(to_inputs(images))
+def from_config(config, key: jax.Array) -> MLP:
+    """The MLP a ``Config`` describes, its parameters drawn from ``key``."""
+    return MLP(config.hidden, activation=config.activation, init_stddev=config.init_stddev,
+               bias_init=config.bias_init, dropout=config.dropout,
+               rngs=nnx.Rngs(params=key, dropout=jax.random.fold_in(key, 1)))
 
 
 def layer_params(params: nnx.State) -> list[tuple[jax.Array, jax.Array]]:
-    """[(kernel (n_in, n_out), bias (n_out,)), ...] for each dense layer, input to output."""
-    layers = params["layers"]
-    return [(layers[i]["kernel"][...], layers[i]["bias"][...]) for i in sorted(layers)]
+    """[(kernel (n_in, n_out), bias (n_out,)), ...] of every ``nnx.Linear`` in ``params``,
+    in the order the module defines them (input to output for the MLP)."""
+    flat = nnx.to_flat_state(params)
+    kernels = {path[:-1]: v for path, v in flat if path[-1] == "kernel"}
+    biases = {path[:-1]: v for path, v in flat if path[-1] == "bias"}
+    return [(_value(k), _value(biases[p])) for p, k in kernels.items() if p in biases
+]
+
+
+def _value(v):
+    return v[...] if hasattr(v, "__getitem__") and not isinstance(v, jax.Array) else v
 
 
 def num_params(params: nnx.State) -> int:
     return sum(int(x.size) for x in jax.tree.leaves(params))
+
+
+def scale_images(images: jax.Array) -> jax.Array:
+    """uint8 in [0, 255] -> float32 in [0, 1]; float images pass through as float32.
+
+    Scaling inside the compiled step lets training images stay on the device as
+    uint8 (4x smaller).
+    """
+    if images.dtype == jnp.uint8:
+        return images.astype(jnp.float32) * (1.0 / 255.0)
+    return images.astype(jnp.float32)

@@ -1,13 +1,15 @@
 """The one place the library talks to the user: a progress bar and log lines.
 
-Called only at reporting points (once per chunk), with host scalars already
-fetched, so it never forces an extra device sync.
+Called only at reporting points (once per chunk), with host values already
+fetched, so it never forces an extra device sync. Subclass it (e.g. to redraw
+a live chart in a notebook) by overriding ``chunk``.
 """
 
 from __future__ import annotations
 
 import sys
 
+import numpy as np
 import tqdm
 
 
@@ -17,18 +19,20 @@ class Reporter:
     ``quiet`` silences everything but errors, which callers print themselves.
     """
 
-    def __init__(self, total_steps: int, *, start_step: int = 0, log_every: int = 1000,
-                 examples_per_epoch: int = 60_000, batch_size: int = 100, quiet: bool = False,
-                 stream=None):
+    def __init__(self, *, quiet: bool = False, stream=None):
         self.quiet = quiet
-        self.log_every = log_every
-        self.examples_per_epoch = examples_per_epoch
-        self.batch_size = batch_size
         self.stream = stream or sys.stderr
-        self._last_step = start_step
         self._bar = None
-        if not quiet:
-            self._bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step",
+
+    def start(self, config, *, start_step: int = 0, examples_per_epoch: int = 60_000) -> None:
+        """Called once before the first chunk (also when a run resumes at ``start_step``)."""
+        self.log_every = config.log_every
+        self.batch_size = config.batch_size
+        self.examples_per_epoch = examples_per_epoch
+        self.members = config.members if config.is_ensemble else None
+        self._last_step = start_step
+        if not self.quiet:
+            self._bar = tqdm.tqdm(total=config.steps, initial=start_step, unit="step",
                                   file=self.stream, dynamic_ncols=True, leave=False,
                                   disable=None)  # disabled when the stream is not a terminal
 
@@ -40,24 +44,39 @@ class Reporter:
         else:
             print(text, flush=True)
 
-    def chunk(self, step: int, test_accuracy, test_loss) -> None:
-        """Advance to ``step``; print the original's test line at every ``log_every`` steps.
+    def chunk(self, step: int, test_accuracy: np.ndarray, test_loss: np.ndarray,
+              alive: np.ndarray) -> None:
+        """Advance to ``step``; print a test line every ``log_every`` steps.
 
-        For an ensemble, accuracy and loss are the members' means.
+        Arrays are (K,) over members, K = 1 for a single model; ``alive`` marks
+        members still training (diverged ones have NaN metrics).
         """
         if self.quiet:
             return
-        s0 = self._last_step
-        self._last_step = step
+        s0, self._last_step = self._last_step, step
+        text = self.describe(test_accuracy, test_loss, alive)
         if self._bar is not None:  # tqdm shows steps/s itself
-            self._bar.set_postfix_str(f"test acc {test_accuracy:.4f}", refresh=False)
+            self._bar.set_postfix_str(text, refresh=False)
             self._bar.update(step - s0)
         if step % self.log_every == 0:
-            # The 2017 program's format (its loss was per 100 images; ours is per image).
             epoch = step * self.batch_size // self.examples_per_epoch + 1
-            self.message(f"{step}: ********* epoch {epoch} ********* "
-                         f"test accuracy:{test_accuracy:.4f} test loss: {test_loss:.4f}")
+            self.message(f"{step}: ********* epoch {epoch} ********* {text}")
+
+    def describe(self, test_accuracy, test_loss, alive) -> str:
+        """One model: the original's words (its loss was per 100 images; ours is per image).
+        An ensemble: the best member, the spread, and how many diverged."""
+        if self.members is None:
+            return f"test accuracy:{test_accuracy[0]:.4f} test loss: {test_loss[0]:.4f}"
+        acc = np.where(alive, test_accuracy, np.nan)
+        if not np.any(alive):
+            return f"all {len(alive)} members diverged"
+        best = int(np.nanargmax(acc))
+        seed, lr = self.members[best]
+        lost = f", {int((~alive).sum())} diverged" if not alive.all() else ""
+        return (f"best member (seed {seed}, lr {lr:g}): test accuracy {acc[best]:.4f}; "
+                f"members {np.nanmin(acc):.4f}-{np.nanmax(acc):.4f}{lost}")
 
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+            self._bar = None

@@ -1,35 +1,32 @@
-"""The whole experiment on the host: data -> state -> fused chunks -> records.
+"""The whole experiment on the host: load, place, compile, run, write.
 
 ``train_and_evaluate(config)`` is the one call behind ``scripts/train.py``.
-Between chunks of ``eval_every`` fused steps the host reads a few scalars
-(the reporting point), reports progress, checks the loss is finite, saves
+Between chunks of ``eval_every`` fused steps the host reads a few scalars (the
+reporting point), reports progress, notes members that diverged, saves
 checkpoints and honours Ctrl-C/SIGTERM; everything else stays on the device.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import signal
 import threading
 import time
 import types
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmlp import checkpoint, data, model, parallel, records, train
+from jaxmlp import checkpoint, data, loop, model, parallel, records, train
 from jaxmlp import history as hist
 from jaxmlp.config import Config, ConfigError
 from jaxmlp.report import Reporter
 
-CONFIG_FILE = "config.json"
-
-
 class Interrupted(Exception):
-    """The run stopped on a signal after saving; ``str`` says how to resume."""
+    """The run stopped on a signal; ``str`` says what was saved and how to go on."""
 
     def __init__(self, message: str, signum: int):
         super().__init__(message)
@@ -37,208 +34,293 @@ class Interrupted(Exception):
 
 
 class Diverged(RuntimeError):
-    """The training loss became non-finite; the history up to that chunk is saved."""
+    """Every model's loss or parameters became non-finite; the record is saved."""
+
+
+class AlreadyComplete(Exception):
+    """``resume`` found a run that had already finished; nothing was changed."""
 
 
 # Errors with a one-line message meant for the user (scripts print them without a traceback).
 EXPECTED_ERRORS = (ConfigError, data.DataError, records.RecordError, parallel.PlacementError,
-                   Diverged, FileNotFoundError)
+                   Diverged)
 
 
-def train_and_evaluate(config: Config, *, out_dir: str | None = None, dataset: data.Dataset | None = None,
-                       resume: bool = False, quiet: bool = False, devices=None,
-                       started: float | None = None) -> tuple[train.TrainState, dict]:
-    """Run the experiment described by ``config``; returns (final state, host history).
+class Result(NamedTuple):
+    state: train.TrainState  # the final state (a leading model axis for ensembles)
+    history: dict  # host arrays, up to the last step run
+    summary: dict  # what summary.json holds (also when nothing is written)
+
+
+def final_lines(summary: dict, out_dir) -> list[str]:
+    """What a script prints when a run ends: the result, and a warning per diverged member."""
+    lines = [f"warning: member seed {m['seed']}, lr {m['learning_rate']:g} diverged at step "
+             f"{m['first_nonfinite_step']}; the others trained on"
+             for m in summary["members"] if m["status"] == "diverged"]
+    where = f"; records in {out_dir}" if out_dir is not None else ""
+    timing = f" in {summary['wall_seconds']:.1f} s" if "wall_seconds" in summary else ""
+    if len(summary["members"]) == 1:
+        lines.append(f"final test accuracy {summary['final_test_accuracy']:.4f} after "
+                     f"{summary['steps']} steps{timing}{where}")
+        return lines
+    ok = [m for m in summary["members"] if m["status"] != "diverged"]
+    best = max(ok, key=lambda m: m["final_test_accuracy"])
+    accs = [m["final_test_accuracy"] for m in ok]
+    lines.append(f"best member (seed {best['seed']}, lr {best['learning_rate']:g}): final test "
+                 f"accuracy {best['final_test_accuracy']:.4f} after {summary['steps']} steps; "
+                 f"{len(ok)} members {min(accs):.4f}-{max(accs):.4f}{timing}{where}")
+    return lines
+
+
+def train_and_evaluate(config: Config, *, out_dir: str | None = None,
+                       dataset: data.Dataset | None = None, resume: bool = False,
+                       overwrite: bool = False, quiet: bool = False, devices=None,
+                       started: float | None = None, reporter: Reporter | None = None) -> Result:
+    """Run the experiment described by ``config``; returns ``Result(state, history, summary)``.
 
     ``out_dir``: where records, figures and checkpoints go (None: nothing is written).
+    A folder that already holds a run is refused unless ``resume`` (continue it from
+    its latest checkpoint) or ``overwrite`` (clear its files first).
     ``dataset``: arrays to use instead of loading ``config.dataset`` through TFDS.
-    ``resume``: continue from the latest checkpoint in ``out_dir``.
     ``started``: ``time.perf_counter()`` at process start, for the startup timing.
     """
     clock = {"started": time.perf_counter() if started is None else started}
+    with _signals() as stop:
+        out_dir = _prepare_folder(config, out_dir, resume=resume, overwrite=overwrite)
+        dataset = dataset or data.load(config.dataset, data_dir=config.data_dir,
+                                       manual_dir=config.manual_dir, train_split=config.train_split,
+                                       test_split=config.test_split, progress=not quiet)
+        clock["data_loaded"] = time.perf_counter()
+        placement, dev_data, state, history, orders = _place(config, dataset, devices)
+        run_c, record_c, no_metrics = _compile(config, placement, dev_data, state, history, orders)
+        clock["compiled"] = time.perf_counter()
+        _stop_if_signalled(stop, "during start-up: nothing was trained and nothing written")
+        mngr = (checkpoint.manager(records.RunFiles.under(out_dir).checkpoints)
+                if out_dir is not None and jax.process_count() == 1 else None)
+        if resume:
+            state, history = placement.put_state(checkpoint.restore(mngr, state, history))
+        else:
+            copy = jax.tree.map(jnp.copy, state)  # ``record`` donates its first argument
+            state, history, _ = record_c(copy, state, history, no_metrics, dev_data)  # step 0
+            if out_dir is not None:
+                records.atomic_write_json(records.RunFiles.under(out_dir).config, config.to_dict())
+        reporter = reporter or Reporter(quiet=quiet)
+        outcome = _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop,
+                       len(dataset.train_labels))
+        clock["trained"] = time.perf_counter()
+        summary = _summarize(config, outcome, dataset, placement, clock)
+        if out_dir is not None:
+            summary = write_records(out_dir, config, outcome, dataset, summary, mngr, clock)
+        if mngr is not None:
+            mngr.close()
+    return _finish(config, outcome, summary, out_dir, stop)
+
+
+# Phases -------------------------------------------------------------------------
+
+def _prepare_folder(config: Config, out_dir, *, resume: bool, overwrite: bool):
     if jax.process_count() > 1:
         # Many hosts: every process trains; only the first writes records, and checkpoints
         # (which would need every process to write its shards) are not supported yet.
         if resume or config.checkpoint_every:
             raise ConfigError("--resume and --checkpoint-every are not supported with several processes")
         if jax.process_index() != 0:
-            out_dir = None
-    if out_dir is not None:
-        records.check_writable(out_dir, min_free_bytes=_output_bytes(config))
-        if not resume:
-            records.atomic_write_json(os.path.join(out_dir, CONFIG_FILE), config.to_dict())
+            return None
+    if out_dir is None:
+        return None
+    files = records.RunFiles.under(out_dir)
+    if resume:
+        done = checkpoint.latest_step(files.checkpoints)  # one-line RecordError if unreadable
+        if done >= config.steps:
+            raise AlreadyComplete(f"{out_dir} already ran all {config.steps} steps; nothing to do")
+    elif records.holds_a_run(out_dir):
+        if not overwrite:
+            raise records.RecordError(f"{out_dir} already holds a run; continue it with --resume "
+                                      f"{out_dir}, or replace it with --overwrite")
+        records.clear_run(out_dir)
+    records.check_writable(out_dir, min_free_bytes=_output_bytes(config))
+    return out_dir
 
-    if dataset is None:
-        dataset = data.load(config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
-                            progress=not quiet)
+
+def _place(config: Config, dataset: data.Dataset, devices):
     n_train = len(dataset.train_labels)
     if config.batch_size > n_train:
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {n_train} training examples")
-    clock["data_loaded"] = time.perf_counter()
-
-    members = config.members
-    placement = parallel.plan(config.batch_size, len(members), devices)
-    dev_data = placement.put_replicated(train.Data(
+    placement = parallel.plan(config.batch_size, len(config.members), devices)
+    dev_data = placement.put_replicated(loop.Data(
         jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels, jnp.int32),
         # Training batches are gathered as uint8 and scaled inside the step (4x less memory
         # traffic); the test set is scaled once here, which halves each evaluation on CPU.
         jnp.asarray(dataset.test_images, jnp.float32) / 255.0, jnp.asarray(dataset.test_labels, jnp.int32)))
-    state, history, orders = placement.put_state(init_run(config, n_train))
+    state, history, orders = loop.init_run(config, n_train)
+    state, history = placement.put_state((state, history))
+    orders = placement.put_state(orders) if not config.shares_batches else placement.put_replicated(orders)
+    return placement, dev_data, state, history, orders
 
-    static_eval = dict(eval_every=config.eval_every, eval_batch_size=config.eval_batch_size)
+
+def _compile(config: Config, placement, dev_data, state, history, orders):
+    """Both programs compiled ahead of time, so compile time is measured on its own."""
     static_run = dict(num_steps=config.eval_every, batch_size=config.batch_size,
-                      batch_sharding=placement.batch_sharding)
-    run_steps, record = ((train.ensemble_run_steps, train.ensemble_record) if config.is_ensemble
-                         else (train.run_steps, train.record))
-    # Compile both programs ahead of time so compile time is measured on its own.
-    num_models = len(members) if config.is_ensemble else None
-    run_c = run_steps.lower(state, dev_data, orders, **static_run).compile()
-    no_metrics = placement.put_state(train.nan_metrics(config.eval_every, num_models))
-    record_c = record.lower(state, history, no_metrics, dev_data, **static_eval).compile()
-    clock["compiled"] = time.perf_counter()
+                      batch_sharding=placement.batch_sharding, metrics=config.train_metrics,
+                      shared_batches=config.shares_batches)
+    run_c = loop.run_steps_keeping_input.lower(state, dev_data, orders, **static_run).compile()
+    no_metrics = loop.nan_metrics(config.eval_every, len(config.members) if config.is_ensemble else None)
+    no_metrics = {**placement.put_state({k: no_metrics[k] for k in ("loss", "accuracy")}),
+                  "step": placement.put_replicated(no_metrics["step"])}
+    record_c = loop.record.lower(state, state, history, no_metrics, dev_data,
+                                 eval_every=config.eval_every,
+                                 eval_batch_size=config.eval_batch_size).compile()
+    return (lambda s: run_c(s, dev_data, orders)), record_c, no_metrics
 
-    mngr = checkpoint.manager(out_dir) if out_dir is not None and jax.process_count() == 1 else None
-    if resume:
-        if mngr is None or mngr.latest_step() is None:
-            raise FileNotFoundError(f"nothing to resume in {out_dir!r}: it holds no checkpoint")
-        state, history = placement.put_state(checkpoint.restore(mngr, state, history))
-    else:
-        history, _ = record_c(state, history, no_metrics, dev_data)  # the step-0 evaluation
-    step = int(np.max(jax.device_get(state.step)))
 
-    reporter = Reporter(config.steps, start_step=step, log_every=config.log_every,
-                        examples_per_epoch=n_train, batch_size=config.batch_size, quiet=quiet)
+class _Outcome(NamedTuple):
+    state: train.TrainState
+    history: dict  # host arrays up to ``step``
+    step: int
+    status: str  # complete | interrupted | diverged
+    resumed_from: int
+    steps_run: int  # by this process
+    train_seconds: float
+    eval_seconds: float
+
+
+def _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop, n_train):
+    first = step = int(np.max(jax.device_get(state.step)))
+    reporter.start(config, start_step=step, examples_per_epoch=n_train)
     train_s = eval_s = 0.0
-    status, error = "complete", None
+    status = "complete"
     try:
-        with _stop_on_signals() as stop:
-            while step < config.steps:
-                t0 = time.perf_counter()
-                state, metrics = run_c(state, dev_data, orders)
-                jax.block_until_ready(metrics)
-                t1 = time.perf_counter()
-                history, report = record_c(state, history, metrics, dev_data)
-                report = jax.device_get(report)
-                train_s, eval_s = train_s + t1 - t0, eval_s + time.perf_counter() - t1
-                step = int(np.max(report["step"]))
-                if not np.all(report["finite"]):
-                    status = "diverged"
-                    break
-                reporter.chunk(step, float(np.mean(report["test_accuracy"])),
-                               float(np.mean(report["test_loss"])))
-                if mngr is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                    checkpoint.save(mngr, state, history)
-                if stop.signum is not None:
-                    status = "interrupted"
-                    break
+        while step < config.steps:
+            t0 = time.perf_counter()
+            start, (state, metrics) = state, run_c(state)  # the chunk's start, for the guard
+            jax.block_until_ready(metrics)
+            t1 = time.perf_counter()
+            state, history, report = record_c(start, state, history, metrics, dev_data)
+            report = jax.device_get(report)
+            train_s, eval_s = train_s + t1 - t0, eval_s + time.perf_counter() - t1
+            step = int(report["step"])
+            alive = np.atleast_1d(report["alive"])
+            reporter.chunk(step, np.atleast_1d(report["test_accuracy"]),
+                           np.atleast_1d(report["test_loss"]), alive)
+            if not alive.any():
+                status = "diverged"
+                break
+            if mngr is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
+                checkpoint.save(mngr, state, history)
+            if stop.signum is not None:
+                status = "interrupted"
+                break
     finally:
         reporter.close()
-
-    host_history = hist.truncate(history, step)
-    if status == "diverged":
-        bad = hist.first_nonfinite_step(host_history)
-        error = (f"training diverged: the loss is not finite from step {bad} "
-                 f"(learning rate {config.learning_rate}); lower --learning-rate")
-    if out_dir is not None:
-        if mngr is not None and status != "diverged":  # a diverged state is not worth resuming from
-            checkpoint.save(mngr, state, history)
-        timings = {"train_seconds": train_s, "eval_seconds": eval_s}
-        write_records(out_dir, config, state, host_history, dataset, placement, clock, timings,
-                      status=status, error=error)
-    if mngr is not None:
-        mngr.close()
-    if status == "diverged":
-        raise Diverged(error)
-    if status == "interrupted":
-        where = out_dir if out_dir is not None else "(no --out, so nothing was saved)"
-        raise Interrupted(f"interrupted at step {step}; saved to {where}; continue with: "
-                          f"python scripts/train.py --resume {where}", stop.signum)
-    return state, host_history
+    if mngr is not None and status != "diverged":
+        checkpoint.save(mngr, state, history)  # frozen members hold their last finite state
+    return _Outcome(state, hist.truncate(history, step), step, status, first, step - first,
+                    train_s, eval_s)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def init_run(config: Config, num_examples: int):
-    """(state, history, orders) at step 0; ensembles get a leading model axis on each.
-
-    Each member's seed gives one key, split at the top into an init key and a
-    data-order key, so member i of an ensemble equals the single run with its
-    seed and learning rate.
-    """
-    members = config.members
-    keys = jax.vmap(lambda s: jax.random.split(jax.random.key(s)))(
-        jnp.asarray([s for s, _ in members], jnp.uint32))
-    init_keys, data_keys = keys[:, 0], keys[:, 1]
-    n_epochs = train.num_epochs(config.steps, config.batch_size, num_examples)
-    draw = lambda k: train.epoch_orders(k, num_epochs=n_epochs, num_examples=num_examples)
-    history = hist.empty(config.steps, config.eval_every, len(config.hidden) + 1)
-    if not config.is_ensemble:
-        return train.init_state(init_keys[0], config), history, draw(data_keys[0])
-    state = train.init_ensemble(init_keys, jnp.asarray([lr for _, lr in members]), config)
-    history = jax.tree.map(lambda v: jnp.broadcast_to(v, (len(members), *v.shape)), history)
-    return state, history, jax.vmap(draw)(data_keys)
-
-
-def write_records(out_dir, config, state, history, dataset, placement, clock, timings, *,
-                  status, error=None):
-    """history.npz, misclassified.npz, summary.json and the figures, each written atomically."""
-    from jaxmlp import plot  # matplotlib is only needed once a run ends
-
-    files = {"config": CONFIG_FILE, "history": records.HISTORY_FILE}
-    records.atomic_save_npz(os.path.join(out_dir, records.HISTORY_FILE), history)
-    wrong = None
-    if not config.is_ensemble:
-        wrong = train.misclassified(state, dataset.test_images, dataset.test_labels)
-        records.atomic_save_npz(os.path.join(out_dir, records.MISCLASSIFIED_FILE), wrong)
-        files["misclassified"] = records.MISCLASSIFIED_FILE
-    members = [f"seed {s}, lr {lr:g}" for s, lr in config.members] if config.is_ensemble else None
-    for path in plot.plot_history(history, out_dir, misclassified=wrong, members=members):
-        files[os.path.splitext(os.path.basename(path))[0] + "_plot"] = os.path.basename(path)
-    if os.path.isdir(os.path.join(out_dir, "checkpoints")):  # none across several processes
-        files["checkpoints"] = "checkpoints"
-    files["summary"] = records.SUMMARY_FILE
-    clock["written"] = time.perf_counter()
-    summary = {
-        "status": status,
-        "error": error,
-        **hist.summarize(history),
+def _summarize(config: Config, outcome: _Outcome, dataset: data.Dataset, placement, clock) -> dict:
+    h = outcome.history
+    first_bad = hist.first_nonfinite_steps(h)
+    final_best = hist.summarize(h)
+    member_rows = []
+    for i, (seed, lr) in enumerate(config.members):
+        pick = (lambda v: v) if not config.is_ensemble else (lambda v: v[i])
+        member_rows.append({
+            "seed": seed, "learning_rate": lr,
+            "status": "diverged" if first_bad[i] is not None else outcome.status,
+            "first_nonfinite_step": first_bad[i],
+            "final_test_accuracy": pick(final_best["final_test_accuracy"]),
+            "best_test_accuracy": pick(final_best["best_test_accuracy"]),
+        })
+    return {
+        "status": outcome.status,
+        **final_best,
+        "resumed_from_step": outcome.resumed_from,
+        "steps_this_process": outcome.steps_run,
         "config": config.to_dict(),
-        "members": [{"seed": s, "learning_rate": lr} for s, lr in config.members],
+        "members": member_rows,
         "data": {"name": dataset.name, "version": dataset.version, "source": dataset.source,
+                 "train_split": getattr(dataset, "train_split", config.train_split),
+                 "test_split": getattr(dataset, "test_split", config.test_split),
                  "train_examples": int(len(dataset.train_labels)),
                  "test_examples": int(len(dataset.test_labels))},
-        "num_params": model.num_params(state.params) // len(config.members),  # per model
-        "environment": records.environment(),
+        "num_params": model.num_params(outcome.state.params) // len(config.members),  # per model
         "placement": {"mode": placement.mode, "num_devices": placement.num_devices},
         "timings": {
             "startup_seconds": clock["data_loaded"] - clock["started"],
             "compile_seconds": clock["compiled"] - clock["data_loaded"],
-            **timings,
-            "total_seconds": clock["written"] - clock["started"],
+            "train_seconds": outcome.train_seconds,
+            "eval_seconds": outcome.eval_seconds,
         },
-        "files": {k: os.path.abspath(os.path.join(out_dir, v)) for k, v in files.items()},
     }
-    summary["wall_seconds"] = summary["timings"]["total_seconds"]
-    records.atomic_write_json(os.path.join(out_dir, records.SUMMARY_FILE), summary)
+
+
+def write_records(out_dir, config: Config, outcome: _Outcome, dataset: data.Dataset, summary: dict,
+                  mngr, clock) -> dict:
+    """history.npz, misclassified.npz, the figures and summary.json (last), each atomically."""
+    from jaxmlp import plot  # matplotlib is only needed once a run ends
+
+    files = records.RunFiles.under(out_dir)
+    records.atomic_save_npz(files.history, outcome.history)
+    wrong = None
+    if not config.is_ensemble:
+        wrong = train.misclassified(outcome.state, dataset.test_images, dataset.test_labels)
+        records.atomic_save_npz(files.misclassified, wrong)
+    labels = [f"seed {s}, lr {lr:g}" for s, lr in config.members] if config.is_ensemble else None
+    figures = plot.plot_history(outcome.history, out_dir, misclassified=wrong, members=labels)
+    written = [files.config, files.history, *([files.misclassified] if wrong is not None else []),
+               *figures, *([files.checkpoints] if mngr is not None else [])]
+    clock["written"] = time.perf_counter()
+    summary = {**summary, "environment": records.environment(),
+               "files": {os.path.basename(os.fspath(p)): os.path.abspath(p) for p in written}}
+    summary["timings"]["write_seconds"] = clock["written"] - clock["trained"]
+    summary["timings"]["total_seconds"] = summary["wall_seconds"] = clock["written"] - clock["started"]
+    records.atomic_write_json(files.summary, summary)
     return summary
 
 
+def _finish(config: Config, outcome: _Outcome, summary: dict, out_dir, stop) -> Result:
+    result = Result(outcome.state, outcome.history, summary)
+    if outcome.status == "diverged":
+        saved = f"; the record is saved in {out_dir}" if out_dir is not None else ""
+        if config.is_ensemble:
+            raise Diverged(f"training diverged: every member's loss or parameters became "
+                           f"non-finite; lower the learning rates{saved}")
+        bad = summary["members"][0]["first_nonfinite_step"]
+        raise Diverged(f"training diverged: the loss or parameters turned non-finite at step "
+                       f"{bad} (learning rate {config.learning_rate:g}); lower --learning-rate{saved}")
+    where = out_dir if out_dir is not None else "(no --out, so nothing was saved)"
+    if outcome.status == "interrupted":
+        raise Interrupted(f"interrupted at step {outcome.step}; saved to {where}; continue with: "
+                          f"python scripts/train.py --resume {where}", stop.signum)
+    if stop.signum is not None:  # a signal while the final records were written: they finished
+        raise Interrupted(f"interrupted after training had finished; the records were completed "
+                          f"in {where}", stop.signum)
+    return result
+
+
+def _stop_if_signalled(stop, when: str) -> None:
+    if stop.signum is not None:
+        raise Interrupted(f"interrupted {when}", stop.signum)
+
+
 def _output_bytes(config: Config) -> int:
-    """A generous estimate of what a run writes: checkpoints and history (float32 parameters
-    and about four numbers per step, per model), plus the figures."""
+    """A generous estimate of what a run writes: checkpoints and history (float32 parameters,
+    Adam's two moments, and about four numbers per step, per model), plus the figures."""
     widths = (model.NUM_INPUTS, *config.hidden, model.NUM_CLASSES)
     params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:]))
-    per_model = 4 * (params + 4 * config.steps)
+    per_model = 4 * (3 * params + 4 * config.steps)
     return len(config.members) * (checkpoint.KEEP + 2) * per_model + 16 * 2**20
 
 
 @contextlib.contextmanager
-def _stop_on_signals():
-    """Turn SIGINT/SIGTERM into a flag the loop checks between chunks (main thread only)."""
-
+def _signals():
+    """Turn SIGINT/SIGTERM into a flag checked at phase and chunk boundaries (main thread
+    only); a second signal stops at once (``KeyboardInterrupt``)."""
     stop = types.SimpleNamespace(signum=None)
 
     def handler(signum, _frame):
-        if stop.signum is not None:  # a second signal: stop now
+        if stop.signum is not None:
             raise KeyboardInterrupt
         stop.signum = signum
 

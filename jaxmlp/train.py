@@ -1,18 +1,16 @@
-"""Training core: state, loss, the pure step, evaluation and the fused chunk.
+"""The step level: the train state, the loss, ``train_step``, ``evaluate``, ``predict``.
 
-Everything here is a pure function of pytrees. The one public step,
-``train_step(state, batch) -> (state, metrics)``, is jitted with the old state
-donated; ``run_steps`` fuses any number of steps with ``lax.scan`` (per-step metrics
-come back stacked), and ``record`` writes them and a full test evaluation into
-the preallocated history. ``ensemble_*`` are the same functions vmapped over a
-leading model axis.
+Everything here is a pure function of one ``TrainState`` pytree. The state holds
+any ``nnx.Module`` split into a static graph definition, its parameters and the
+rest of its state (e.g. dropout RNG streams, batch statistics), plus any Optax
+transformation and its state. Jitted code merges the module back inside the
+trace, so the same step runs under ``jit``, ``lax.scan``, ``vmap`` and sharding.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,132 +18,122 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from jaxmlp import history as hist
-from jaxmlp import model
-from jaxmlp.config import Config
+from jaxmlp.model import scale_images
 
 
 @struct.dataclass
 class TrainState:
-    """One pytree with everything that changes during training.
+    """Everything that changes during training, as one pytree.
 
     The graph definition and the optimizer are static (part of the tree
-    structure), so a jitted function compiles once per model/optimizer. The
-    learning rate lives in ``opt_state`` (``optax.inject_hyperparams``), so
-    states with different learning rates share one compiled program and can
-    be stacked into an ensemble.
+    structure), so a jitted function compiles once per model/optimizer. Keep
+    hyperparameters that vary between runs in the optimizer state
+    (``optax.inject_hyperparams``) and states with different values share one
+    compiled program and stack into an ensemble.
     """
 
     step: jax.Array  # () int32: updates applied so far
-    params: nnx.State  # the MLP's parameters
+    params: nnx.State  # the module's nnx.Param variables
+    rest: nnx.State  # its other variables (RNG streams, batch statistics); often empty
     opt_state: optax.OptState
+    key: jax.Array  # () key: randomness inside the model, folded with the step each step
     graphdef: nnx.GraphDef = struct.field(pytree_node=False)
     tx: optax.GradientTransformation = struct.field(pytree_node=False)
 
+    @classmethod
+    def create(cls, model: nnx.Module, tx: optax.GradientTransformation, *,
+               key: jax.Array | None = None) -> "TrainState":
+        """A state at step 0 for ``model`` (images (B, 28, 28) -> logits (B, 10)) and ``tx``.
 
-class Data(NamedTuple):
-    """Both splits as device arrays: images (N, 28, 28) uint8 or float32 in [0, 1], labels (N,) int32."""
+        ``key`` drives randomness inside the model (dropout); default ``key(0)``.
+        """
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        key = jax.random.key(0) if key is None else key
+        return cls(step=jnp.zeros((), jnp.int32), params=params, rest=rest,
+                   opt_state=tx.init(params), key=key, graphdef=graphdef, tx=tx)
 
-    train_images: jax.Array
-    train_labels: jax.Array
-    test_images: jax.Array
-    test_labels: jax.Array
 
+# Forward pass, loss and metrics ---------------------------------------------
 
-@functools.cache
-def sgd() -> optax.GradientTransformation:
-    """Plain SGD with the learning rate kept in the optimizer state.
+def _reseeded(rest: nnx.State, key: jax.Array) -> nnx.State:
+    """``rest`` with every RNG stream restarted from ``key`` (one fold per stream name).
 
-    One cached object, so every state built here has the same static
-    optimizer: states compare equal in structure, stack into ensembles and
-    reuse one compiled program whatever their learning rate.
+    Done on the state, before merging, so no variable is mutated across traces; a
+    model without streams gets its ``rest`` back untouched (no work at all).
     """
-    return optax.inject_hyperparams(optax.sgd)(learning_rate=0.0)  # the real lr is set per state
+    flat = list(nnx.to_flat_state(rest))
+    tags = sorted({v.tag for _, v in flat if isinstance(v, nnx.RngKey)})
+    if not tags:
+        return rest
+    fresh = []
+    for path, v in flat:
+        if isinstance(v, nnx.RngKey):
+            v = v.replace(value=jax.random.fold_in(key, tags.index(v.tag)))
+        elif isinstance(v, nnx.RngCount):
+            v = v.replace(value=jnp.zeros_like(v[...]))
+        fresh.append((path, v))
+    return nnx.from_flat_state(fresh)
 
 
-def init_params(key: jax.Array, config: Config):
-    """(graphdef, params) of a fresh MLP drawn from ``key``."""
-    return model.create(key, config.hidden, init_stddev=config.init_stddev)
+def forward(state: TrainState, params, images: jax.Array, *, train: bool,
+            key: jax.Array | None = None) -> tuple[jax.Array, nnx.State]:
+    """Logits (B, 10) of images (B, 28, 28) and the module's updated non-parameter state.
 
-
-def init_state(key: jax.Array, config: Config, *, learning_rate=None,
-               tx: optax.GradientTransformation | None = None) -> TrainState:
-    """A fresh state for one model.
-
-    ``learning_rate`` (default ``config.learning_rate``) may be a traced scalar
-    (ensembles). Pass ``tx`` to train with any other Optax transformation; it
-    is then used as given.
+    ``train=True`` runs the module in training mode with every RNG stream restarted
+    from ``key``; ``train=False`` runs it deterministically (``Module.eval``).
     """
-    graphdef, params = init_params(key, config)
-    if tx is None:
-        tx = sgd()
-        opt_state = _with_learning_rate(tx.init(params), config.learning_rate
-                                        if learning_rate is None else learning_rate)
-    else:
-        opt_state = tx.init(params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state,
-                      graphdef=graphdef, tx=tx)
+    rest = _reseeded(state.rest, key) if train else state.rest
+    module = nnx.merge(state.graphdef, params, rest)
+    module.train() if train else module.eval()
+    logits = module(scale_images(images))
+    return logits, nnx.state(module, nnx.Not(nnx.Param))
 
-
-def init_ensemble(keys: jax.Array, learning_rates: jax.Array, config: Config) -> TrainState:
-    """K states stacked on a leading axis: keys (K,), learning_rates (K,)."""
-    graphdef = init_params(keys[0], config)[0]
-
-    def one(key, lr):
-        s = init_state(key, config, learning_rate=lr)
-        return s.step, s.params, s.opt_state
-
-    step, params, opt_state = jax.vmap(one)(keys, jnp.asarray(learning_rates, jnp.float32))
-    return TrainState(step=step, params=params, opt_state=opt_state, graphdef=graphdef, tx=sgd())
-
-
-def _with_learning_rate(opt_state, learning_rate):
-    hyper = dict(opt_state.hyperparams)
-    hyper["learning_rate"] = jnp.asarray(learning_rate, hyper["learning_rate"].dtype)
-    return opt_state._replace(hyperparams=hyper)
-
-
-def learning_rate_of(state: TrainState) -> jax.Array:
-    return state.opt_state.hyperparams["learning_rate"]
-
-
-# Loss and metrics -----------------------------------------------------------
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-example softmax cross-entropy, (B, 10), (B,) -> (B,); stable (log-softmax based)."""
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
 
 
-def loss_fn(params, graphdef, images, labels):
-    """Mean cross-entropy over the batch, and the logits."""
-    logits = model.apply(graphdef, params, images)
-    return cross_entropy(logits, labels).mean(), logits
+def _metrics(logits: jax.Array, labels: jax.Array) -> dict:
+    return {"loss": cross_entropy(logits, labels).mean(),
+            "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels)}
 
 
-def _train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    """One SGD update on ``batch`` = {'image': (B, 28, 28), 'label': (B,)}.
+def _train_step(state: TrainState, batch: dict, *, metrics: str = "before") -> tuple[TrainState, dict]:
+    """One update on ``batch`` = {'image': (B, 28, 28), 'label': (B,)} of the batch-mean loss.
 
-    Metrics are the minibatch's mean cross-entropy and accuracy under the
-    parameters *before* the update, as in the original.
+    ``metrics``: the minibatch's mean cross-entropy and accuracy taken with the
+    parameters ``'before'`` the update (from the training forward pass, dropout
+    included: free) or ``'after'`` it (a second, deterministic forward pass, as
+    the 2017 program's ``sess.run([accuracy, cross_entropy])`` after its train op).
     """
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (loss, logits), grads = grad_fn(state.params, state.graphdef, batch["image"], batch["label"])
+    images, labels = batch["image"], batch["label"]
+    key = jax.random.fold_in(state.key, state.step)  # identical after resume, per member
+
+    def loss_fn(params):
+        logits, rest = forward(state, params, images, train=True, key=key)
+        return cross_entropy(logits, labels).mean(), (logits, rest)
+
+    (_, (logits, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, {"loss": loss, "accuracy": accuracy}
+    new = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                        rest=rest, opt_state=opt_state)
+    if metrics == "after":
+        logits = forward(new, new.params, images, train=False)[0]
+    return new, _metrics(logits, labels)
 
 
-train_step = jax.jit(_train_step, donate_argnums=0)
+train_step = jax.jit(_train_step, static_argnames="metrics", donate_argnums=0)
 train_step.__doc__ = _train_step.__doc__ + "\n    Jitted; the input state is donated (do not reuse it)."
 
 
-def _evaluate(params, images, labels, *, graphdef, batch_size: int = 10_000) -> dict:
-    """Mean loss and accuracy over **every** example: images (N, ...), labels (N,).
+def _evaluate(state: TrainState, images: jax.Array, labels: jax.Array, *,
+              batch_size: int = 10_000) -> dict:
+    """Mean loss and accuracy of the model in ``state`` over **every** example.
 
-    Runs in fixed batches of ``min(batch_size, N)``; the last batch is padded and
-    masked, so no example is dropped and the shape never changes.
+    images (N, 28, 28), labels (N,). Runs deterministically in fixed batches of
+    ``min(batch_size, N)``; the last batch is padded and masked, so no example is
+    dropped and the shape never changes.
     """
     n = images.shape[0]
     b = min(batch_size, n)
@@ -157,7 +145,7 @@ def _evaluate(params, images, labels, *, graphdef, batch_size: int = 10_000) -> 
 
     def body(totals, xs):
         x, y, m = xs
-        logits = model.apply(graphdef, params, x)
+        logits = forward(state, state.params, x, train=False)[0]
         loss = jnp.sum(jnp.where(m, cross_entropy(logits, y), 0.0))
         correct = jnp.sum(m & (jnp.argmax(logits, -1) == y))
         return (totals[0] + loss, totals[1] + correct), None
@@ -169,121 +157,60 @@ def _evaluate(params, images, labels, *, graphdef, batch_size: int = 10_000) -> 
     return {"loss": loss / n, "accuracy": correct.astype(jnp.float32) / n}
 
 
-evaluate = jax.jit(_evaluate, static_argnames=("graphdef", "batch_size"))
+evaluate = jax.jit(_evaluate, static_argnames="batch_size")
 
 
-# Data order -------------------------------------------------------------------
-
-def num_epochs(num_steps: int, batch_size: int, num_examples: int) -> int:
-    """Epochs touched by ``num_steps`` steps; the last partial batch of an epoch is skipped."""
-    steps_per_epoch = num_examples // batch_size
-    return math.ceil(num_steps / steps_per_epoch)
-
-
-@functools.partial(jax.jit, static_argnames=("num_epochs", "num_examples"))
-def epoch_orders(key: jax.Array, *, num_epochs: int, num_examples: int) -> jax.Array:
-    """(num_epochs, N) int32: a fresh permutation of the training set for each epoch.
-
-    Drawn once per run on the device (4 bytes per example seen), so fetching a
-    batch inside the fused loop is a slice and a gather, never a sort.
-    """
-    keys = jax.random.split(key, num_epochs)
-    return jax.vmap(lambda k: jax.random.permutation(k, num_examples).astype(jnp.int32))(keys)
-
-
-def batch_at(data: Data, orders: jax.Array, step: jax.Array, batch_size: int) -> dict:
-    """The minibatch of global step ``step`` (0-based): images (B, ...), labels (B,).
-
-    ``orders`` must cover the step's epoch (``num_epochs`` sizes it); past its end
-    ``dynamic_slice`` would clamp to the last epoch's order.
-    """
-    steps_per_epoch = data.train_images.shape[0] // batch_size
-    epoch, i = step // steps_per_epoch, step % steps_per_epoch
-    idx = jax.lax.dynamic_slice(orders, (epoch, i * batch_size), (1, batch_size))[0]
-    return {"image": data.train_images[idx], "label": data.train_labels[idx]}
-
-
-# Fused loops ----------------------------------------------------------------
-
-def _run_steps(state, data, orders, *, num_steps: int, batch_size: int, batch_sharding=None):
-    """``num_steps`` train steps fused by ``lax.scan``; metrics stacked to (num_steps,)."""
-
-    def body(state, _):
-        batch = batch_at(data, orders, state.step, batch_size)
-        if batch_sharding is not None:  # data parallel: split the batch axis over devices
-            batch = jax.lax.with_sharding_constraint(batch, batch_sharding)
-        return _train_step(state, batch)
-
-    return jax.lax.scan(body, state, length=num_steps)
-
-
-run_steps = jax.jit(_run_steps, static_argnames=("num_steps", "batch_size", "batch_sharding"),
-                    donate_argnums=0)
-run_steps.__doc__ = _run_steps.__doc__
-
-
-def _evaluate_into(state, history, data, *, eval_every: int, eval_batch_size: int):
-    """Score the test set with ``state`` and store it at evaluation ``state.step // eval_every``."""
-    test = _evaluate(state.params, data.test_images, data.test_labels,
-                     graphdef=state.graphdef, batch_size=eval_batch_size)
-    return hist.write_eval(history, state.step // eval_every, test, state.params), test
-
-
-def _record(state, history, metrics, data, *, eval_every: int, eval_batch_size: int):
-    """After a run of steps ending at ``state.step``: store its per-step ``metrics``
-    (n,), score the whole test set, and return the few scalars the host reads.
-
-    Returns (history, report). At step 0, pass NaN ``metrics`` (``nan_metrics``):
-    the write lands on the not-yet-run (NaN) steps, so one compiled program
-    also records the initial evaluation.
-    """
-    start = state.step - metrics["loss"].shape[-1]
-    history = hist.write_train(history, start, metrics)
-    history, test = _evaluate_into(state, history, data, eval_every=eval_every,
-                                   eval_batch_size=eval_batch_size)
-    report = {"step": state.step, "test_loss": test["loss"], "test_accuracy": test["accuracy"],
-              "finite": jnp.all(jnp.isfinite(metrics["loss"]))}
-    return history, report
-
-
-def nan_metrics(num_steps: int, num_models: int | None = None) -> dict:
-    """Placeholder per-step metrics, for ``record`` at step 0."""
-    shape = (num_steps,) if num_models is None else (num_models, num_steps)
-    return {"loss": jnp.full(shape, jnp.nan, jnp.float32), "accuracy": jnp.full(shape, jnp.nan, jnp.float32)}
-
-
-_EVAL_STATIC = ("eval_every", "eval_batch_size")
-_RUN_STATIC = ("num_steps", "batch_size", "batch_sharding")
-
-record = jax.jit(_record, static_argnames=_EVAL_STATIC, donate_argnums=1)
-
-
-def _ensemble(fn, in_axes):
-    """vmap ``fn`` over the leading model axis of the arguments marked 0 in ``in_axes``."""
-    def wrapped(*args, **static):
-        return jax.vmap(functools.partial(fn, **static), in_axes=in_axes)(*args)
-    return wrapped
-
-
-# The same functions for K models at once (state, history, orders and metrics carry a K axis).
-ensemble_run_steps = jax.jit(_ensemble(_run_steps, (0, None, 0)),
-                             static_argnames=_RUN_STATIC, donate_argnums=0)
-ensemble_record = jax.jit(_ensemble(_record, (0, 0, 0, None)),
-                          static_argnames=_EVAL_STATIC, donate_argnums=1)
+@jax.jit
+def predict(state: TrainState, images: jax.Array) -> jax.Array:
+    """Predicted classes (B,) int32 of images (B, 28, 28), deterministic."""
+    return jnp.argmax(forward(state, state.params, images, train=False)[0], -1).astype(jnp.int32)
 
 
 def misclassified(state: TrainState, images: np.ndarray, labels: np.ndarray, *, limit: int = 40,
                   batch_size: int = 10_000) -> dict[str, Any]:
-    """Up to ``limit`` misclassified test images of a single model: image, predicted, label."""
-    params = jax.device_get(state.params)  # a host copy: this runs on one process's device only
-    preds = np.concatenate([
-        np.asarray(_predict(params, images[i:i + batch_size], graphdef=state.graphdef))
-        for i in range(0, len(images), batch_size)])
+    """Up to ``limit`` misclassified images of a single model: image, predicted, label."""
+    state = jax.device_get(state)  # a host copy: this runs on one process's device only
+    preds = np.concatenate([np.asarray(predict(state, images[i:i + batch_size]))
+                            for i in range(0, len(images), batch_size)])
     wrong = np.flatnonzero(preds != labels)[:limit]
-    return {"image": np.asarray(images)[wrong], "predicted": preds[wrong].astype(np.int32),
+    return {"image": np.asarray(images)[wrong], "predicted": preds[wrong],
             "label": np.asarray(labels)[wrong].astype(np.int32)}
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _predict(params, images, *, graphdef):
-    return jnp.argmax(model.apply(graphdef, params, images), -1)
+# Learning rate as state ------------------------------------------------------
+
+def learning_rate_of(state: TrainState) -> jax.Array:
+    """The ``learning_rate`` hyperparameter (for schedules: the peak) of the state's optimizer."""
+    return state.opt_state.hyperparams["learning_rate"]
+
+
+def with_learning_rate(state: TrainState, learning_rate) -> TrainState:
+    """``state`` with its optimizer's ``learning_rate`` hyperparameter set (may be traced).
+
+    Needs ``optax.inject_hyperparams``; the value replaces the one given at creation.
+    """
+    hyper = getattr(state.opt_state, "hyperparams", None)
+    if hyper is None or "learning_rate" not in hyper:
+        raise ValueError("learning-rate sweeps need an optimizer built with "
+                         "optax.inject_hyperparams(...)(learning_rate=...)")
+    hyper = {**hyper, "learning_rate": jnp.asarray(learning_rate, hyper["learning_rate"].dtype)}
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyper))
+
+
+@functools.cache
+def optimizer(name: str = "sgd", decay_steps: int = 0, lr_min: float = 0.0
+              ) -> optax.GradientTransformation:
+    """SGD or Adam whose ``learning_rate`` hyperparameter is state (the decay's peak).
+
+    lr(step) = lr_min + (learning_rate - lr_min) * exp(-step / decay_steps), or constant
+    when ``decay_steps`` is 0. Cached: states built here share one static optimizer,
+    so they stack into ensembles and reuse one compiled program whatever their rate.
+    """
+    base = {"sgd": optax.sgd, "adam": optax.adam}[name]
+    if not decay_steps:
+        return optax.inject_hyperparams(base)(learning_rate=0.0)  # the real lr is set per state
+
+    def decayed(learning_rate):
+        return base(lambda count: lr_min + (learning_rate - lr_min) * jnp.exp(-count / decay_steps))
+
+    return optax.inject_hyperparams(decayed)(learning_rate=0.0)

@@ -12,21 +12,53 @@ own figures are overwritten by a comparison.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+from typing import Sequence
 
 from jaxmlp import plot, records
+from jaxmlp.records import RunFiles
+
+
+def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Redraw the figures of saved runs; returns the paths written.
+
+    One run: its three figures, by default into its own folder. Several runs
+    (``out_dir`` required): the two curve figures overlay them, labelled by
+    ``records.run_labels``, and each gets a dashboard named by
+    ``RunFiles.dashboards``. Every run is read before anything is drawn, so
+    an unreadable one fails (``records.RecordError``, one line) with nothing written.
+    """
+    run_dirs = list(run_dirs)
+    if out_dir is None and len(run_dirs) > 1:
+        raise ValueError("--out DIR is required when plotting several runs")
+    out_dir = run_dirs[0] if out_dir is None else out_dir
+    loaded = [records.load_run(d) for d in run_dirs]
+    out = records.check_writable(out_dir, min_free_bytes=16 * 2**20)
+    labels = records.run_labels(run_dirs)
+    if len(run_dirs) == 1:
+        _, history, wrong = loaded[0]
+        return plot.plot_history(history, out, misclassified=wrong, label=labels[0])
+    histories, paths = [h for _, h, _ in loaded], RunFiles.under(out)
+    written = [plot.save_png(plot.accuracy_figure(histories, labels), paths.accuracy_png),
+               plot.save_png(plot.cross_entropy_figure(histories, labels), paths.cross_entropy_png)]
+    for label, name, (_, history, wrong) in zip(labels, RunFiles.dashboards(labels), loaded):
+        written.append(plot.save_png(plot.dashboard_figure(history, wrong, label), out / name))
+    return written
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="plot.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="directory with a history.npz")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help=f"directory with a {RunFiles.history}")
     parser.add_argument("--out", metavar="DIR", help="where to write the PNGs "
                         "(default: the run's own directory; required for several runs)")
     args = parser.parse_args(argv)
-    if len(args.run_dirs) > 1 and args.out is None:
-        parser.error("--out DIR is required when plotting several runs")
     try:
-        written = plot.plot_runs(args.run_dirs, args.out)
+        written = plot_runs(args.run_dirs, args.out)
+    except ValueError as e:
+        parser.error(str(e))
     except records.RecordError as e:
         print(f"plot.py: error: {e}", file=sys.stderr)
         return 1

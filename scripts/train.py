@@ -1,9 +1,9 @@
 """Train the 5-layer MNIST MLP (Görner 2017) and write its records.
 
-    python scripts/train.py                       # the original experiment on MNIST
+    python scripts/train.py                       # the seed experiment on MNIST -> runs/<time>-mnist
     python scripts/train.py --dataset fashion_mnist --manual-dir /usr/share/datasets/fashion-mnist
-    python scripts/train.py --seeds 0,1,2,3       # an ensemble in one compiled program
-    python scripts/train.py --resume runs/mnist   # continue an interrupted run
+    python scripts/train.py --preset relu-lrdecay-dropout --seeds 0,1,2,3   # a ladder rung, 4 seeds
+    python scripts/train.py --resume runs/latest  # continue an interrupted run
 """
 
 from __future__ import annotations
@@ -14,33 +14,10 @@ _STARTED = time.perf_counter()  # before the heavy imports: startup time counts
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 
-from jaxmlp.config import DATASETS, Config
-
-_HELP = {  # flag help for each Config field
-    "dataset": f"one of {', '.join(DATASETS)}",
-    "data_dir": "TFDS data dir (default: TFDS's, ~/tensorflow_datasets)",
-    "manual_dir": "folder with the four MNIST-format IDX .gz files to prepare through TFDS",
-    "hidden": "hidden layer widths, comma-separated",
-    "init_stddev": "stddev of the truncated-normal weight init",
-    "learning_rate": "SGD learning rate on the batch-mean loss (0.3 == 0.003 on the summed loss)",
-    "batch_size": "training batch size",
-    "steps": "training steps",
-    "eval_every": "score the whole test set every this many steps",
-    "eval_batch_size": "test images per forward pass",
-    "log_every": "print a line every this many steps",
-    "checkpoint_every": "save a checkpoint every this many steps (0: only at the end)",
-    "seed": "random seed",
-    "seeds": "ensemble: one model per seed, comma-separated (e.g. 0,1,2,3)",
-    "learning_rates": "ensemble: one model per learning rate, comma-separated",
-}
-
-
-_RESUMABLE = {"data_dir", "manual_dir", "log_every", "checkpoint_every", "eval_batch_size"}
-
+from jaxmlp.config import PRESETS, Config, help_text
 
 def _ints(text: str) -> tuple[int, ...]:
     try:
@@ -63,12 +40,19 @@ class _Parser(argparse.ArgumentParser):
 
 def parser() -> argparse.ArgumentParser:
     p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a rung of Görner's ladder: sets the model and optimizer fields; "
+                        "flags given explicitly override it (default: relu, the seed experiment)")
     for f in dataclasses.fields(Config):
+        if f.name == "preset":
+            continue
         kind = {"hidden": _ints, "seeds": _ints, "learning_rates": _floats}.get(f.name)
         kind = kind or (type(f.default) if f.default is not None else str)
         p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
-                       help=f"{_HELP[f.name]} (default: {_show(f.default)})")
-    p.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
+                       help=f"{help_text(f.name)} (default: {_show(f.default)})")
+    p.add_argument("--out", help="output folder (default: a new runs/<UTC time>-<dataset>, "
+                                 "with runs/latest pointing to it); one that holds a run is refused")
+    p.add_argument("--overwrite", action="store_true", help="clear the run already in --out first")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run saved in RUN_DIR")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--compile-cache", default=os.path.expanduser("~/.cache/jaxmlp/xla"),
@@ -91,22 +75,20 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     fields = {f.name for f in dataclasses.fields(Config)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    from jaxmlp import records  # no JAX: flags are checked before paying for it
+    from jaxmlp.config import ConfigError, resumed
+
     try:
         if args.resume:
-            with open(os.path.join(args.resume, "config.json")) as f:
-                saved = Config.from_dict(json.load(f))
-            # Only where the data lives and how often to report may change on resume; the
-            # rest defines the run the checkpoint belongs to.
-            changed = sorted(k for k, v in given.items() if k not in _RESUMABLE
-                             and getattr(saved, k) != getattr(saved.replace(**{k: v}), k))
-            if changed:
-                raise ValueError(f"--resume continues the saved run; drop --{', --'.join(c.replace('_', '-') for c in changed)}")
-            config = saved.replace(**given)
-            out = args.resume
+            if args.preset or args.out or args.overwrite:
+                raise ConfigError("--resume continues the saved run in its own folder; "
+                                  "drop --preset, --out and --overwrite")
+            saved = Config.from_dict(records.read_config(args.resume))
+            config, out = resumed(saved, **given), args.resume
         else:
-            config = Config(**given)
-            out = args.out
-    except (ValueError, OSError) as e:  # bad flags or an unreadable run: one line, no work done
+            config = Config.from_preset(args.preset or "relu", **given)
+            out = args.out or records.new_run_dir("runs", config.dataset)
+    except (ConfigError, records.RecordError) as e:  # bad flags or an unreadable run: no work done
         print(f"error: {e}", file=sys.stderr)
         return 2
 
@@ -123,24 +105,24 @@ def main(argv=None) -> int:
         jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                    num_processes=args.num_processes, process_id=args.process_id)
     try:
-        _, history = run.train_and_evaluate(config, out_dir=out, resume=bool(args.resume),
-                                            quiet=args.quiet, started=_STARTED)
+        result = run.train_and_evaluate(config, out_dir=out, resume=bool(args.resume),
+                                        overwrite=args.overwrite, quiet=args.quiet,
+                                        started=_STARTED)
+    except run.AlreadyComplete as e:
+        print(str(e), file=sys.stderr)
+        return 0
     except run.Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
     except KeyboardInterrupt:
-        print("stopped at once by a second interrupt; resume from the last checkpoint", file=sys.stderr)
+        print("stopped at once by a second signal; resume from the last checkpoint with "
+              f"--resume {out}", file=sys.stderr)
         return 130
     except run.EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    if not args.quiet:
-        with open(os.path.join(out, "summary.json")) as f:
-            s = json.load(f)
-        acc = s["final_test_accuracy"]
-        acc = acc if isinstance(acc, float) else max(acc)
-        print(f"final test accuracy {acc:.4f} after {s['steps']} steps "
-              f"in {s['wall_seconds']:.1f} s; records in {out}")
+    for line in run.final_lines(result.summary, out):
+        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
     return 0
 
 

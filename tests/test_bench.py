@@ -3,6 +3,7 @@
 No timing assertions: timings on a shared machine are noise.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -12,67 +13,78 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import ROOT, child_env
 
-from jaxmlp import bench, train
+from jaxmlp import loop, train
+from jaxmlp.bench import accelerator, data as bench_data, paths, processes, run, timing
 from jaxmlp.config import Config
 
 SMALL = Config(hidden=(32, 16))
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION = "/usr/share/datasets/fashion-mnist"
 
 
 @pytest.fixture(scope="module")
 def small():
     """(host arrays, device data, orders, state): 600 training examples, batch 50."""
-    host, data = bench.synthetic_data(seed=1, num_train=600, num_test=100)
-    orders = train.epoch_orders(jax.random.key(2), num_epochs=2, num_examples=600)
-    return host, data, orders, train.init_state(jax.random.key(3), SMALL)
+    host, data = bench_data.synthetic_data(seed=1, num_train=600, num_test=100)
+    orders = loop.epoch_orders(jax.random.key(2), num_epochs=2, num_examples=600)
+    return host, data, orders, loop.init_state(jax.random.key(3), SMALL)
 
 
 @pytest.mark.parametrize("f32", [False, True], ids=["uint8", "float32"])
 def test_plain_jax_reference_equals_run_steps(small, f32):
     """Same init, data and sampling: the hand-written loop reproduces jaxmlp's losses and params."""
     _, data, orders, state = small
-    data = bench.as_float32(data) if f32 else data
-    carry = (bench.reference_params(state), jnp.zeros((), jnp.int32))
-    (ref_params, ref_step), ref = bench.reference_run_steps(
+    data = bench_data.as_float32(data) if f32 else data
+    carry = (paths.reference_params(state), jnp.zeros((), jnp.int32))
+    (ref_params, ref_step), ref = paths.reference_run_steps(
         carry, data.train_images, data.train_labels, orders, train.learning_rate_of(state),
         num_steps=15, batch_size=50)  # crosses the epoch boundary (12 steps per epoch)
-    ours, metrics = train.run_steps(bench.copy_tree(state), data, orders, num_steps=15, batch_size=50)
+    ours, metrics = loop.run_steps(paths.copy_tree(state), data, orders, num_steps=15, batch_size=50)
     np.testing.assert_allclose(ref["loss"], metrics["loss"], rtol=1e-5)
     np.testing.assert_array_equal(ref["accuracy"], metrics["accuracy"])
     assert int(ref_step) == int(ours.step) == 15
-    for (w, b), (w2, b2) in zip(ref_params, bench.reference_params(ours)):
+    for (w, b), (w2, b2) in zip(ref_params, paths.reference_params(ours)):
         np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", bench.VARIANTS)
+@pytest.mark.parametrize("variant", paths.VARIANTS)
 def test_every_timed_path_computes_the_same_losses(small, variant):
     """Each timed loop, started from the same state, sees the same batches and losses."""
     host, data, orders, state = small
-    _, expected = train.run_steps(bench.copy_tree(state), data, orders, num_steps=6, batch_size=50)
-    loop = bench.make_loop(variant, bench.copy_tree(state), host=host, data=data, orders=orders,
-                           batch_size=50, scan_steps=3)
-    losses = np.concatenate([np.atleast_1d(loop.call()["loss"])
-                             for _ in range(6 // loop.steps_per_call)])
+    _, expected = loop.run_steps(paths.copy_tree(state), data, orders, num_steps=6, batch_size=50)
+    timed = paths.make_loop(variant, paths.copy_tree(state), host=host, data=data, orders=orders,
+                            batch_size=50, scan_steps=3)
+    losses = np.concatenate([np.atleast_1d(timed.call()["loss"])
+                             for _ in range(6 // timed.steps_per_call)])
     np.testing.assert_allclose(losses, expected["loss"], rtol=1e-5)
 
 
-def test_ensemble_loop_runs_k_independent_models(small):
+@pytest.mark.parametrize("kind", paths.KINDS)
+def test_ensemble_loop_runs_k_models_of_each_kind(small, kind):
+    """K seeds: own init and data order per member; K learning rates: one start, own rate."""
     _, data, _, _ = small
-    state, orders = bench.ensemble_inputs(3, SMALL, jax.random.key(0), num_examples=600)
-    loop = bench.make_ensemble_loop(2, state, orders, data=data, batch_size=50, scan_steps=4)
-    loss = loop.call()["loss"]
-    assert loss.shape == (2, 4) and loop.models == 2
-    assert not np.allclose(loss[0], loss[1])  # own init and data order per member
+    config = paths.ensemble_config(kind, 2, SMALL.replace(batch_size=50), num_examples=600)
+    assert len(config.members) == 2 and config.steps == 24  # two epochs of 12 steps
+    seeds, lrs = zip(*config.members)
+    assert (len(set(seeds)), len(set(lrs))) == ((2, 1) if kind == "seeds" else (1, 2))
+    timed = paths.make_ensemble_loop(config, data=data, scan_steps=4)
+    loss = np.asarray(timed.call()["loss"])
+    assert loss.shape == (2, 4) and timed.models == 2 and np.isfinite(loss).all()
+    if kind == "seeds":
+        assert not np.allclose(loss[0], loss[1])
+    else:  # the same model and batch before the first update, then the rates tell
+        np.testing.assert_allclose(loss[0, 0], loss[1, 0], rtol=1e-5)
+        assert not np.allclose(loss[0, 1:], loss[1, 1:])
 
 
 def test_flops_per_step_is_near_the_analytic_count(small):
     _, data, orders, _ = small
-    hidden = bench.DEFAULT_HIDDEN
-    state = train.init_state(jax.random.key(0), Config(hidden=hidden))
-    info = bench.flops_per_step(state, data, orders, batch_size=100, scan_steps=4)
-    analytic = bench.analytic_flops(hidden, 100)
+    hidden = run.DEFAULT_HIDDEN
+    state = loop.init_state(jax.random.key(0), Config(hidden=hidden))
+    info = timing.flops_per_step(state, data, orders, batch_size=100, scan_steps=4)
+    analytic = timing.analytic_flops(hidden, 100)
     assert analytic["weights"] == 784 * 200 + 200 * 100 + 100 * 60 + 60 * 30 + 30 * 10
     if info["xla_flops_per_step"] is None:
         pytest.skip("this backend gives no cost analysis")
@@ -84,9 +96,10 @@ def test_device_peak_table_matches_common_device_kinds():
         def __init__(self, kind, platform="gpu"):
             self.device_kind, self.platform = kind, platform
 
-    peak = lambda *args: bench.device_peak(Dev(*args))
+    peak = lambda *args: timing.device_peak(Dev(*args))
     assert peak("NVIDIA H100 80GB HBM3")["name"] == "H100 SXM"
     assert peak("NVIDIA H100 PCIe")["name"] == "H100 PCIe"
+    assert peak("NVIDIA H200")["precision"] == "tf32"
     assert peak("NVIDIA A100-SXM4-40GB")["precision"] == "tf32"
     assert peak("NVIDIA L40S")["name"] == "L40S" and peak("NVIDIA L4")["name"] == "L4"
     assert peak("Tesla T4")["precision"] == "fp32"
@@ -98,27 +111,55 @@ def test_device_peak_table_matches_common_device_kinds():
 
 def test_bad_config_is_refused_before_any_work():
     with pytest.raises(ValueError, match="unknown variants"):
-        bench.BenchConfig(variants=("fused", "nope"))
+        run.BenchConfig(variants=("fused", "nope"))
     with pytest.raises(ValueError, match="batch size"):
-        bench.BenchConfig(batch_sizes=(0,))
+        run.BenchConfig(batch_sizes=(0,))
+    with pytest.raises(ValueError, match="unknown ensemble kinds"):
+        run.BenchConfig(ensemble_kinds=("widths",))
+    with pytest.raises(ValueError, match="unknown variants"):
+        accelerator.AcceleratorConfig(sweep_variants=("nope",))
+    with pytest.raises(ValueError):  # eval_every (100) must divide the schedule
+        accelerator.AcceleratorConfig(schedule_steps=150)
+
+
+def test_learnable_data_is_learnable_and_npz_data_round_trips(tmp_path):
+    d = bench_data.learnable_dataset(seed=0, num_train=2_000, num_test=500)
+    assert d.train_images.dtype == np.uint8 and d.train_images.shape == (2_000, 28, 28)
+    # The class maps differ, so class means separate the classes well above chance (0.1).
+    means = np.stack([d.train_images[d.train_labels == c].reshape(-1, 784).mean(0) for c in range(10)])
+    guess = np.argmax(d.test_images.reshape(-1, 784) @ (means - means.mean(0)).T, -1)
+    assert np.mean(guess == d.test_labels) > 0.5
+    path = tmp_path / "d.npz"
+    np.savez(path, **{k: getattr(d, k) for k in bench_data.SPLIT_KEYS})
+    back = bench_data.npz_dataset(str(path))
+    for k in bench_data.SPLIT_KEYS:
+        np.testing.assert_array_equal(getattr(back, k), getattr(d, k))
+    np.savez(path, train_images=d.train_images)
+    with pytest.raises(ValueError, match="lacks"):
+        bench_data.npz_dataset(str(path))
+
+
+def _benchmark(tmp_path, *args):
+    """Run scripts/benchmark.py with ``args``; returns (stdout, JSON result, PNG path)."""
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), *args, "--quiet",
+         "--json", str(out), "--plot", str(png)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=child_env())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert png.stat().st_size > 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return proc.stdout, json.loads(out.read_text()), png
 
 
 def test_quick_benchmark_writes_json_with_every_figure(tmp_path):
-    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), "--quick", "--repeats", "2",
-         "--quiet", "--json", str(out), "--plot", str(png)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "fused / plain-JAX scan" in proc.stdout  # the table was printed
-    r = json.loads(out.read_text())
-    assert png.stat().st_size > 0
+    stdout, r, _ = _benchmark(tmp_path, "--quick", "--repeats", "2")
+    assert "fused / plain-JAX scan" in stdout  # the table was printed
     assert {"config", "environment", "matmul_ceiling", "device_peak", "rows", "configs",
-            "ensembles", "ratios", "wall_seconds"} <= set(r)
+            "ensembles", "ensemble_single", "ratios", "wall_seconds"} <= set(r)
     env = r["environment"]
     assert {"backend", "device_kind", "device_count", "versions"} <= set(env)
     assert "tensorflow" not in env["versions"] and env["versions"]["jax"] == jax.__version__
-    assert {row["variant"] for row in r["rows"]} == set(bench.VARIANTS)
+    assert {row["variant"] for row in r["rows"]} == set(paths.VARIANTS)
     for row in r["rows"]:
         assert row["steps_per_s"]["min"] <= row["steps_per_s"]["median"] <= row["steps_per_s"]["max"]
         assert len(row["steps_per_s"]["values"]) == 2
@@ -127,6 +168,68 @@ def test_quick_benchmark_writes_json_with_every_figure(tmp_path):
     assert {"xla_flops_per_step", "analytic_flops", "compile_cold_s", "compile_warm_s",
             "program_bytes", "peak_device_bytes"} <= set(c)
     assert c["warm_cache_hits"] >= 1  # the warm compile came from the persistent cache
-    assert [e["k"] for e in r["ensembles"]] == [1, 2]
-    assert set(bench.TARGETS) <= set(r["ratios"])
+    for kind in paths.KINDS:  # both kinds at every K, each against one model of the same run
+        ens = [e for e in r["ensembles"] if e["kind"] == kind]
+        assert [e["k"] for e in ens] == [1, 2]
+        for e in ens:
+            assert e["vs_single"] == pytest.approx(
+                e["model_steps_per_s"] / r["ensemble_single"]["model_steps_per_s"])
+    assert set(run.TARGETS) <= set(r["ratios"])
     assert r["ratios"]["fused_vs_plain_jax"]["value"] > 0
+
+
+def _key_paths(obj, prefix=()) -> set:
+    """Every key path through nested dicts (lists are leaves)."""
+    if not isinstance(obj, dict):
+        return set()
+    return set().union(*({prefix + (k,)} | _key_paths(v, prefix + (k,)) for k, v in obj.items()))
+
+
+def test_quick_accelerator_suite_writes_every_part_and_the_same_keys_when_skipped(tmp_path):
+    stdout, r, _ = _benchmark(tmp_path, "--suite", "accelerator", "--quick")
+    assert "(e) seeds as one ensemble" in stdout
+    assert {"suite", "config", "environment", "matmul_ceiling", "device_peak", "paths", "batch_sweep",
+            "ensembles", "data", "seed_schedule", "seed_ensemble", "targets", "wall_seconds"} <= set(r)
+    assert {row["variant"] for row in r["paths"]["rows"]} == set(paths.VARIANTS)
+    assert [row["batch_size"] for row in r["batch_sweep"]["rows"]] == [100, 100, 1000, 1000]
+    assert [(e["k"], e["kind"]) for e in r["ensembles"]["rows"]] == [
+        (k, kind) for k in (1, 8) for kind in paths.KINDS]
+    assert set(r["ensembles"]["best"]) == set(paths.KINDS)
+    assert not (r["batch_sweep"]["skipped"] or r["ensembles"]["skipped"])
+    d, e = r["seed_schedule"], r["seed_ensemble"]
+    assert d["skipped"] is None and d["steps"] == 300 and d["models"] == 1
+    assert 0.3 < d["final_test_accuracy"] <= 1.0  # learnable data: well above chance (0.1)
+    assert e["skipped"] is None and e["models"] == 8 and len(e["final_test_accuracy"]) == 8
+    acc = e["accuracy"]
+    assert acc["min"] <= acc["percentiles"]["50"] <= acc["max"] and acc["std"] >= 0
+    assert set(r["targets"]) == set(accelerator.TARGETS)
+    # A budget too small for anything: every part says what it skipped, under the same keys.
+    _, skipped, _ = _benchmark(tmp_path, "--suite", "accelerator", "--quick", "--budget", "0.001")
+    assert _key_paths(skipped) == _key_paths(r)
+    assert skipped["batch_sweep"]["skipped"] == [100, 1000] and not skipped["ensembles"]["rows"]
+    assert skipped["seed_schedule"]["skipped"] and skipped["seed_ensemble"]["skipped"]
+
+
+def test_suite_flags_are_checked(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
+                           "--suite", "accelerator", "--whole-run"],
+                          capture_output=True, text=True, timeout=120, env=child_env())
+    assert proc.returncode == 2 and "--whole-run not used by --suite accelerator" in proc.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None or not os.path.isdir(FASHION),
+                    reason="needs TensorFlow and the Fashion-MNIST IDX files")
+def test_whole_run_times_jaxmlp_and_the_2017_program_on_the_same_data(tmp_path):
+    r = processes.whole_run(dataset="fashion_mnist", manual_dir=FASHION,
+                            data_dir=str(tmp_path / "tfds"), steps=200)
+    assert "error" not in r["prepare"] and r["prepare"]["source"] == "manual"
+    ours, original = r["jaxmlp"], r["original"]
+    assert "error" not in ours and "error" not in original, (ours, original)
+    assert ours["steps"] == original["steps"] == 200
+    assert {"startup_seconds", "compile_seconds", "train_seconds", "eval_seconds",
+            "process_seconds"} <= set(ours)
+    assert original["data_source"] == "cache"  # the arrays jaxmlp prepared
+    assert len(original["test_accuracy"]) == 3  # step 0, 100, 200
+    for acc in (ours["final_test_accuracy"], original["final_test_accuracy"]):
+        assert 0.5 < acc <= 1.0  # Fashion-MNIST after 200 steps: learning, whichever program
+    assert r["original_vs_jaxmlp"] == pytest.approx(original["process_seconds"] / ours["process_seconds"])

@@ -37,3 +37,32 @@ def test_round_trips_through_a_dict_and_ensemble_members_are_a_product():
     assert c.members == [(0, 0.1), (0, 0.3), (1, 0.1), (1, 0.3)]
     with pytest.raises(ConfigError):
         Config.from_dict({**c.to_dict(), "momentum": 0.9})
+
+
+def test_presets_are_the_ladder_and_overrides_win():
+    from jaxmlp.config import GORNER_MNIST, PRESETS
+
+    assert list(PRESETS) == ["softmax", "sigmoid", "relu", "relu-lrdecay", "relu-lrdecay-dropout"]
+    assert set(GORNER_MNIST) == set(PRESETS)  # every rung has his figure beside it
+    assert Config.from_preset("relu") == Config()  # the seed experiment is the default
+    soft = Config.from_preset("softmax")
+    assert soft.hidden == () and soft.init_stddev == 0.0 and soft.preset == "softmax"
+    drop = Config.from_preset("relu-lrdecay-dropout", steps=200, eval_every=100, log_every=100)
+    assert (drop.dropout, drop.bias_init, drop.optimizer) == (0.25, 0.1, "adam")
+    assert (drop.learning_rate, drop.lr_decay_steps, drop.lr_min) == (0.003, 2000, 0.0001)
+    assert drop.steps == 200 and drop.preset == "relu-lrdecay-dropout"
+    with pytest.raises(ConfigError, match="unknown preset 'tanh'"):
+        Config.from_preset("tanh")
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    (dict(dropout=1.0), "dropout"),
+    (dict(optimizer="rmsprop"), "accepted: sgd, adam"),
+    (dict(train_metrics="during"), "accepted: before, after"),
+    (dict(lr_decay_steps=100, lr_min=0.5, learning_rate=0.3), "must exceed lr_min"),
+    (dict(lr_decay_steps=100, lr_min=0.01, learning_rates=(0.1, 0.005)), "must exceed lr_min"),
+])
+def test_invalid_ladder_values_fail_with_one_line(changes, fragment):
+    with pytest.raises(ConfigError) as e:
+        Config(**changes)
+    assert fragment in str(e.value) and "\n" not in str(e.value)

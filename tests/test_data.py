@@ -420,3 +420,86 @@ def test_mock_data_is_loaded_by_iterating_and_never_cached(tmp_path):
     assert ds.test_labels.shape == (7,) and ds.test_labels.dtype == np.int32
     assert ((0 <= ds.train_labels) & (ds.train_labels < 10)).all()
     assert_nothing_left(data_dir)
+
+
+def test_mock_data_applies_tfds_slices(tmp_path):
+    import tensorflow_datasets as tfds
+
+    data_dir = str(tmp_path / "data")
+    with tfds.testing.mock_data(num_examples=8):
+        whole = data.load("mnist", data_dir=data_dir)
+        part = data.load("mnist", data_dir=data_dir, train_split="train[3:]", test_split="test[:50%]")
+    assert (part.train_split, part.test_split) == ("train[3:]", "test[:50%]")
+    np.testing.assert_array_equal(part.train_images, whole.train_images[3:])
+    np.testing.assert_array_equal(part.test_labels, whole.test_labels[:4])
+    assert_nothing_left(data_dir)
+
+
+# --- split strings ---------------------------------------------------------------------------
+
+@pytest.fixture
+def prepared_copy(prepared, tmp_path):
+    """A private copy of the prepared data dir (its cache gains files here)."""
+    data_dir = str(tmp_path / "data")
+    shutil.copytree(prepared[0], data_dir)
+    return data_dir, prepared[2]
+
+
+def test_sliced_splits_are_tfds_slices_of_the_whole_splits(prepared_copy):
+    data_dir, whole = prepared_copy
+    ds = data.load("mnist", data_dir=data_dir, train_split="train[10:]", test_split="test[50%:]")
+    assert (ds.train_split, ds.test_split) == ("train[10:]", "test[50%:]")
+    assert (len(ds.train_labels), len(ds.test_labels)) == (N_TRAIN - 10, N_TEST // 2)
+    # Exactly the examples TFDS's order puts there: the whole split minus its head.
+    np.testing.assert_array_equal(ds.train_images, whole.train_images[10:])
+    np.testing.assert_array_equal(ds.train_labels, whole.train_labels[10:])
+    np.testing.assert_array_equal(ds.test_images, whole.test_images[N_TEST // 2:])
+    np.testing.assert_array_equal(ds.test_labels, whole.test_labels[N_TEST // 2:])
+    assert (whole.train_split, whole.test_split) == ("train", "test")
+
+
+def test_cache_is_keyed_by_split_string(prepared_copy):
+    data_dir, whole = prepared_copy
+    # "train" is cached already; "train[10:]" must still be read from TFDS, not served from it.
+    first = data.load("mnist", data_dir=data_dir, train_split="train[10:]")
+    assert first.source == "tfds" and len(first.train_labels) == N_TRAIN - 10
+    folder = os.path.join(data_dir, "jaxmlp_cache", "mnist", whole.version)
+    assert sorted(os.listdir(folder)) == ["test.npz", "train%5B10%3A%5D.npz", "train.npz"]
+    for split, want in (("train", whole.train_images), ("train[10:]", whole.train_images[10:]),
+                        ("train", whole.train_images)):
+        again = data.load("mnist", data_dir=data_dir, train_split=split)
+        assert again.source == "cache" and again.train_split == split
+        np.testing.assert_array_equal(again.train_images, want)
+
+
+BAD_SPLITS = [  # (split string, words the message must hold)
+    ("train[abc]", ["Unrecognized split format"]),
+    ("validation", ["Unknown split 'validation'"]),
+    ("train[5:3]", ["selects no examples"]),
+    ("train[:10%", ["Unrecognized split format"]),
+    ("", []),
+]
+
+
+@pytest.mark.parametrize("role", ["train_split", "test_split"])
+@pytest.mark.parametrize("split, words", BAD_SPLITS, ids=[b[0] or "empty" for b in BAD_SPLITS])
+def test_bad_split_string_fails_in_one_line_before_any_work(good, tmp_path, role, split, words):
+    manual, _ = good
+    data_dir = str(tmp_path / "data")
+    start = time.monotonic()
+    with pytest.raises(data.DataError) as e:
+        data.load("mnist", data_dir=data_dir, manual_dir=manual, **{role: split})
+    assert time.monotonic() - start < 3  # checked before preparing anything (which takes longer)
+    msg = str(e.value)
+    assert "\n" not in msg and f"bad {role} {split!r}" in msg and "'train[5000:]'" in msg, msg
+    for w in words:
+        assert w in msg, msg
+    assert_nothing_left(data_dir)
+
+
+def test_slice_past_the_end_fails_in_one_line(prepared_copy):
+    data_dir, _ = prepared_copy
+    with pytest.raises(data.DataError) as e:
+        data.load("mnist", data_dir=data_dir, test_split=f"test[:{N_TEST + 1}]")
+    msg = str(e.value)
+    assert "\n" not in msg and f"incompatible with {N_TEST} examples" in msg, msg

@@ -14,50 +14,9 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from conftest import ROOT, child_env, synthetic_history
+from jaxmlp import history as hist
 from jaxmlp import plot, records
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _pythonpath() -> str:
-    """PYTHONPATH for child processes: this checkout first, whether or not it is installed."""
-    return os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
-LEVELS = np.array([0, 10, 25, 50, 75, 90, 100], np.float32)
-
-
-def synthetic_history(steps=300, eval_every=50, layers=5, members=None, seed=0,
-                      final_test_loss=0.08) -> dict:
-    """A history shaped like the training core's: loss decays to ``final_test_loss``."""
-    rng = np.random.default_rng(seed)
-    k = members or 1
-    t = np.arange(1, steps + 1)
-    e = np.arange(0, steps + 1, eval_every)
-    decay = lambda s: np.exp(-s / max(steps / 6, 1))  # noqa: E731
-    spread = 1 + 0.05 * np.arange(k)[:, None]
-    test_loss = (2.3 - final_test_loss) * decay(e)[None] + final_test_loss * spread
-    train_loss = ((2.3 * decay(t) + 0.04)[None] * np.exp(rng.normal(0, 0.3, (k, t.size))))
-    h = {
-        "train_step": t.astype(np.int32),
-        "test_step": e.astype(np.int32),
-        "percentiles": LEVELS,
-        "train_loss": train_loss,
-        "train_accuracy": np.clip(1 - train_loss / 2.5, 0, 1),
-        "test_loss": test_loss,
-        "test_accuracy": 1 - test_loss / 2.6,
-        # Percentile bands that widen as training goes on, wider in later layers.
-        "weight_percentiles": (np.linspace(-0.2, 0.2, LEVELS.size)[None, None, None, :]
-                               * (1 + e[None, :, None, None] / steps)
-                               * (1 + 0.2 * np.arange(layers))[None, None, :, None]
-                               * spread[:, :, None, None]),
-        "bias_percentiles": (np.linspace(-0.1, 0.1, LEVELS.size)[None, None, None, :]
-                             * (e[None, :, None, None] / steps) * np.ones((k, 1, layers, 1))),
-    }
-    for key in ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "weight_percentiles",
-                "bias_percentiles"):
-        h[key] = h[key].astype(np.float32)
-        if members is None:
-            h[key] = h[key][0]
-    return h
 
 
 def synthetic_misclassified(m: int) -> dict:
@@ -102,18 +61,21 @@ def assert_figure_file(path: Path) -> None:
 
 
 def _with_nonfinite(h: dict) -> dict:
+    """Diverged at step 151. The test accuracy stays a number, as in a real run (argmax of
+    NaN logits still picks a class); a NaN one would mean "not evaluated yet"."""
     h = {k: v.copy() for k, v in h.items()}
     h["train_loss"][..., 150] = np.inf
     h["train_loss"][..., 151:] = np.nan
     h["train_accuracy"][..., 151:] = np.nan
     h["test_loss"][..., 4:] = np.nan
-    h["test_accuracy"][..., 4:] = np.nan
+    h["test_accuracy"][..., 4:] = 0.1
     return h
 
 
 def _minimal(h: dict) -> dict:
-    """Only what issue 2's history.npz must hold: no train_step, no percentiles."""
-    return {k: h[k] for k in ("train_loss", "train_accuracy", "test_step", "test_loss", "test_accuracy")}
+    """Only what every history.npz must hold: no train_step, no percentiles."""
+    assert hist.REQUIRED == ("train_loss", "train_accuracy", "test_step", "test_loss", "test_accuracy")
+    return {k: h[k] for k in hist.REQUIRED}
 
 
 CASES = {
@@ -200,16 +162,40 @@ def test_ensemble_members_are_named_and_the_first_nonfinite_step_is_marked():
     assert "first non-finite loss, step 151" in texts
 
 
-def test_run_labels_are_short_and_distinct():
-    assert plot.run_labels(["runs/a", "runs/b"]) == ["a", "b"]
-    assert plot.run_labels(["x/seed0/run", "y/seed0/run"]) == ["x/seed0/run", "y/seed0/run"]
+def _marks(ax) -> tuple[list[float], list[float]]:
+    """(x of the red dashed lines, sorted x of the diverged-member crosses) drawn on ``ax``."""
+    lines = ax.get_lines()
+    red = [float(ln.get_xdata()[0]) for ln in lines if ln.get_color() == "red" and ln.get_linestyle() == "--"]
+    return red, sorted(float(ln.get_xdata()[0]) for ln in lines if ln.get_marker() == "x")
+
+
+def test_diverged_members_are_marked_where_the_history_readers_say():
+    h = synthetic_history(members=3)
+    h["train_loss"][1, 120:] = np.nan  # member 1: train loss from step 121
+    h["test_loss"][2, 2:] = np.nan  # member 2: test loss only, from the evaluation at step 100
+    assert hist.first_nonfinite_steps(h) == [None, 121, 100]
+    fig = plot.cross_entropy_figure(h, members=["a", "b", "c"])
+    for ax in fig.get_axes():  # full range and zoom
+        assert _marks(ax) == ([100], [100, 121])
+    texts = [t.get_text() for t in fig.get_axes()[0].get_legend().get_texts()]
+    assert texts[:3] == ["test, a", "test, b (diverged at step 121)", "test, c (diverged at step 100)"]
+    assert "first non-finite loss, step 100" in texts
+    dashboard = plot.dashboard_figure(h, None, "ens")
+    assert "ensemble of 3, 2 diverged" in dashboard._suptitle.get_text()
+
+
+def test_a_single_model_gets_the_line_and_no_cross():
+    h = synthetic_history()
+    h["test_loss"][-1] = np.nan  # the last update blew up: only the last evaluation shows it
+    assert hist.first_nonfinite_step(h) == 300
+    assert _marks(plot.accuracy_figure(h).get_axes()[0]) == ([300], [])
 
 
 def test_plotting_imports_neither_jax_nor_tensorflow():
     code = ("import sys, jaxmlp.plot, jaxmlp.records; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'tensorflow'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                          env=dict(os.environ, PYTHONPATH=_pythonpath()), timeout=120)
+                          env=child_env(), timeout=120)
     assert done.stdout.strip() == "[]", (
         "importing jaxmlp.plot pulled in " + done.stdout.strip() + "; keep jaxmlp/__init__.py's heavy "
         "imports lazy so redrawing figures from records stays fast")
@@ -220,21 +206,22 @@ def test_plotting_imports_neither_jax_nor_tensorflow():
 
 def save_run(run_dir: Path, history: dict, misclassified: dict | None = None) -> Path:
     run_dir.mkdir(parents=True)
-    records.atomic_save_npz(run_dir / records.HISTORY_FILE, history)
+    files = records.RunFiles.under(run_dir)
+    records.atomic_save_npz(files.history, history)
     summary = {"final_test_accuracy": float(history["test_accuracy"][..., -1].mean())}
-    records.atomic_write_json(run_dir / records.SUMMARY_FILE, summary)
+    records.atomic_write_json(files.summary, summary)
     if misclassified is not None:
-        records.atomic_save_npz(run_dir / records.MISCLASSIFIED_FILE, misclassified)
+        records.atomic_save_npz(files.misclassified, misclassified)
     return run_dir
 
 
 def _script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "scripts" / "plot.py"), *args], capture_output=True,
-                          text=True, env=dict(os.environ, PYTHONPATH=_pythonpath()), timeout=300)
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "plot.py"), *args], capture_output=True,
+                          text=True, env=child_env(), timeout=300)
 
 
 def _script_main():
-    spec = importlib.util.spec_from_file_location("plot_script", REPO / "scripts" / "plot.py")
+    spec = importlib.util.spec_from_file_location("plot_script", ROOT / "scripts" / "plot.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.main

@@ -11,19 +11,16 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import ROOT, child_env
+from jaxmlp import history as hist
 from jaxmlp import records
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _pythonpath() -> str:
-    """PYTHONPATH for child processes: this checkout first, whether or not it is installed."""
-    return os.pathsep.join([str(REPO)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))
+from jaxmlp.records import FILES, RunFiles
 
 
 def _strict_json(text: str):
@@ -96,7 +93,9 @@ import importlib.util, sys
 from pathlib import Path
 import numpy as np
 spec = importlib.util.spec_from_file_location("records_under_test", sys.argv[1])
-records = importlib.util.module_from_spec(spec); spec.loader.exec_module(records)
+records = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = records  # importlib's recipe: dataclasses look their module up there
+spec.loader.exec_module(records)
 out, version = Path(sys.argv[2]), int(sys.argv[3])
 print("ready", flush=True)
 while True:
@@ -136,7 +135,7 @@ def test_sigkill_during_writes_leaves_old_or_new_files_never_partial(tmp_path):
     for round_ in range(30):
         if round_ >= 4 and kills_mid_write >= 2:
             break
-        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(REPO / "jaxmlp" / "records.py"),
+        proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(ROOT / "jaxmlp" / "records.py"),
                                  str(tmp_path), str(start_version)], stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout.readline().strip() == "ready"
@@ -222,7 +221,7 @@ def test_environment_reports_versions_and_devices_without_importing_tensorflow()
     code = ("import json, sys; from jaxmlp import records; env = records.environment(); "
             "tf = any(m.split('.')[0] == 'tensorflow' for m in sys.modules); "
             "print(json.dumps({'env': env, 'tf': tf}))")
-    env_vars = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=_pythonpath())
+    env_vars = child_env(JAX_PLATFORMS="cpu")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env_vars,
                           timeout=120, check=True)
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -242,12 +241,12 @@ def test_load_run_reads_what_was_written_and_marks_optional_files(tmp_path):
     f32 = lambda *v: np.array(v, np.float32)  # noqa: E731
     history = {"train_loss": f32(2.3, 1.0), "train_accuracy": f32(0.1, 0.5), "test_step": np.array([0, 2]),
                "test_loss": f32(2.3, 0.9), "test_accuracy": f32(0.1, 0.6)}
-    records.atomic_save_npz(tmp_path / records.HISTORY_FILE, history)
+    records.atomic_save_npz(tmp_path / FILES.history, history)
     summary, h, wrong = records.load_run(tmp_path)
     assert summary is None and wrong is None
     np.testing.assert_array_equal(h["train_loss"], history["train_loss"])
-    records.atomic_write_json(tmp_path / records.SUMMARY_FILE, {"final_test_accuracy": 0.98})
-    records.atomic_save_npz(tmp_path / records.MISCLASSIFIED_FILE,
+    records.atomic_write_json(tmp_path / FILES.summary, {"final_test_accuracy": 0.98})
+    records.atomic_save_npz(tmp_path / FILES.misclassified,
                             {"image": np.zeros((0, 28, 28), np.uint8), "predicted": np.zeros(0, np.int32),
                              "label": np.zeros(0, np.int32)})
     summary, _, wrong = records.load_run(tmp_path)
@@ -260,10 +259,52 @@ def test_load_run_errors_are_one_line_and_name_the_problem(tmp_path):
     with pytest.raises(records.RecordError, match=r"no history\.npz in") as e:
         records.load_run(tmp_path)
     assert "\n" not in str(e.value)
-    records.atomic_save_npz(tmp_path / records.HISTORY_FILE, {"train_loss": np.zeros(3)})
+    records.atomic_save_npz(tmp_path / FILES.history, {"train_loss": np.zeros(3)})
     with pytest.raises(records.RecordError, match="lacks the arrays train_accuracy, test_step"):
         records.load_run(tmp_path)
-    (tmp_path / records.HISTORY_FILE).write_bytes(b"PK\x03\x04 truncated")
+    (tmp_path / FILES.history).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(records.RecordError, match="cannot read") as e:
         records.load_run(tmp_path)
     assert "\n" not in str(e.value)
+
+
+def test_load_run_requires_what_the_schema_marks_required(tmp_path, monkeypatch):
+    h = {k: np.zeros(2, np.float32) for k in hist.REQUIRED}
+    records.atomic_save_npz(tmp_path / FILES.history, h)
+    records.load_run(tmp_path)  # the optional keys (train_step, percentiles, ...) may be absent
+    monkeypatch.setattr(hist, "REQUIRED", (*hist.REQUIRED, "train_grad_norm"))
+    with pytest.raises(records.RecordError, match="lacks the arrays train_grad_norm"):
+        records.load_run(tmp_path)
+
+
+# --- run folder names ----------------------------------------------------------
+
+
+def test_run_files_name_every_file_of_a_run_folder(tmp_path):
+    assert RunFiles.all_names() == ("config.json", "history.npz", "summary.json", "misclassified.npz",
+                                    "checkpoints", "accuracy.png", "cross_entropy.png", "dashboard.png")
+    assert (FILES.history, FILES.summary, FILES.checkpoints) == ("history.npz", "summary.json", "checkpoints")
+    paths = RunFiles.under(tmp_path / "run")
+    assert paths.history == tmp_path / "run" / "history.npz"
+    assert [p.name for p in astuple(paths)] == list(RunFiles.all_names())
+
+
+def test_the_figures_plot_writes_are_run_files(tmp_path):
+    from jaxmlp import plot  # matplotlib: only here
+
+    from conftest import synthetic_history
+    written = plot.plot_history(synthetic_history(steps=20, eval_every=10), tmp_path)
+    paths = RunFiles.under(tmp_path)
+    assert written == [paths.accuracy_png, paths.cross_entropy_png, paths.dashboard_png]
+    assert set(plot.FIGURE_SIZES) <= set(RunFiles.all_names())
+
+
+def test_dashboards_of_several_runs_get_distinct_safe_names():
+    assert RunFiles.dashboards(["a", "b"]) == ["dashboard-a.png", "dashboard-b.png"]
+    assert RunFiles.dashboards(["x/seed 0", "x/seed:0", ""]) == [
+        "dashboard-x_seed_0.png", "dashboard-x_seed_0_.png", "dashboard-run.png"]
+
+
+def test_run_labels_are_short_and_distinct():
+    assert records.run_labels(["runs/a", "runs/b"]) == ["a", "b"]
+    assert records.run_labels(["x/seed0/run", "y/seed0/run"]) == ["x/seed0/run", "y/seed0/run"]

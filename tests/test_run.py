@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmlp import checkpoint, data, run, train
+from jaxmlp import checkpoint, data, loop, run, train
 from jaxmlp.config import Config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -162,7 +162,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, signum):
     c = Config(**config)
     states = []
     for d in (stopped, whole):
-        fresh, hist0, _ = run.init_run(c, 1000)
+        fresh, hist0, _ = loop.init_run(c, 1000)
         with checkpoint.manager(d) as m:
             assert m.latest_step() == 1000
             states.append(checkpoint.restore(m, fresh, hist0)[0])

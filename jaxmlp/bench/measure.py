@@ -1,0 +1,91 @@
+"""One measurement, one JSON row: a training path at a batch size, or ensembles against K.
+
+Both suites (``jaxmlp.bench.run`` and ``jaxmlp.bench.accelerator``) build
+their rows here, so a row means the same in either.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from jaxmlp import loop
+from jaxmlp.bench import paths
+from jaxmlp.bench.timing import Budget, measure, peak_device_bytes
+from jaxmlp.config import Config
+
+
+def ratio(a, b):
+    """a / b, or None where either is missing or zero."""
+    return a / b if a and b else None
+
+
+def name(hidden) -> str:
+    """Hidden widths as one token, e.g. 200-100-60-30."""
+    return "-".join(map(str, hidden))
+
+
+def path_row(variant: str, state, *, hidden, host: dict, data: loop.Data, orders,
+             batch_size: int, scan_steps: int, timing: dict, flops: float | None,
+             ceiling: float | None, peak: float | None) -> dict:
+    """Steady-state throughput of ``variant`` started from a copy of ``state`` (widths ``hidden``).
+
+    ``timing``: ``measure``'s keyword arguments; ``flops``: FLOPs per step;
+    ``ceiling``/``peak``: FLOP/s to compare the achieved rate with.
+    """
+    timed = paths.make_loop(variant, paths.copy_tree(state), host=host, data=data, orders=orders,
+                            batch_size=batch_size, scan_steps=scan_steps)
+    m = measure(timed, **timing)
+    del timed  # frees the path's state (and float32 copy) before the next
+    rate = m["steps_per_s"]["median"]
+    achieved = flops * rate if flops else None
+    return {"hidden": list(hidden), "batch_size": batch_size,
+            "variant": variant, **m, "examples_per_s": rate * batch_size,
+            "achieved_flops_per_s": achieved, "vs_ceiling": ratio(achieved, ceiling),
+            "vs_peak": ratio(achieved, peak)}
+
+
+def ensembles(base: Config, *, kinds, sizes, data: loop.Data, scan_steps: Callable[[int], int],
+              timing: dict, budget: Budget | None = None, say=lambda _: None) -> dict:
+    """Model-steps/s of ensembles (``run_steps`` over K models) against K, for each kind, and of one model.
+
+    ``base``: the single model (its batch size and learning rate); ``scan_steps(k)``:
+    steps per fused call for K models. Sizes run in increasing K with the kinds
+    interleaved, so a spent ``budget`` skips the largest K of every kind alike.
+    Returns {'single': row, 'rows': [row per (K, kind)], 'skipped': [{'kind', 'k'}]}.
+    """
+    n, b = data.train_images.shape[0], base.batch_size
+    say(f"single model, batch {b} ...")
+    state, _, orders = loop.init_run(paths.two_epochs(base, n), n)
+    timed = paths.make_loop("fused", state, host={}, data=data, orders=orders, batch_size=b,
+                            scan_steps=scan_steps(1))
+    m = measure(timed, **timing)
+    del timed, state, orders
+    single = {"hidden": list(base.hidden), "batch_size": b, **m,
+              "model_steps_per_s": m["steps_per_s"]["median"]}
+    rows, skipped = [], []
+    for k in sorted(sizes):
+        for kind in kinds:
+            if budget is not None and budget.spent():
+                skipped.append({"kind": kind, "k": k})
+                continue
+            say(f"ensemble of {k} {kind.replace('_', ' ')}, batch {b} ...")
+            config = paths.ensemble_config(kind, k, base, num_examples=n)
+            timed = paths.make_ensemble_loop(config, data=data, scan_steps=scan_steps(k))
+            m = measure(timed, **timing)
+            del timed
+            msps = m["steps_per_s"]["median"] * k
+            rows.append({"kind": kind, "k": k, "hidden": list(base.hidden), "batch_size": b, **m,
+                         "model_steps_per_s": msps,
+                         "vs_single": ratio(msps, single["model_steps_per_s"]),
+                         "peak_device_bytes": peak_device_bytes()})
+    return {"single": single, "rows": rows, "skipped": skipped}
+
+
+def best_ensembles(rows: list[dict], kinds) -> dict:
+    """Per kind, the row with the most model-steps/s: {kind: {'k', 'model_steps_per_s',
+    'vs_single'} or None where none was measured}."""
+    best = dict.fromkeys(kinds)
+    for r in rows:
+        if best[r["kind"]] is None or r["model_steps_per_s"] > best[r["kind"]]["model_steps_per_s"]:
+            best[r["kind"]] = {key: r[key] for key in ("k", "model_steps_per_s", "vs_single")}
+    return best

@@ -1,0 +1,511 @@
+"""Jupyter helpers: a live chart of a run, one-line errors, and the figures of the seed notebook.
+
+    from jaxmlp import notebook
+    config = notebook.config("relu", dataset="fashion_mnist", manual_dir=...)
+    dataset = notebook.load(config)
+    result = notebook.train(config, dataset=dataset)   # redraws one chart in place
+
+``reporter()`` gives the live-chart ``LiveReporter`` inside a Jupyter kernel and
+the usual progress-bar ``report.Reporter`` anywhere else, so scripts see no change.
+The helpers turn the library's expected errors into ``Stopped``, which IPython
+shows as the script's one line (``error: <message>``) instead of a traceback;
+"Run All" stops there. The notebook itself (docs/notebooks/seed.ipynb) only
+calls these and the library: no training logic lives in it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import sys
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from jaxmlp import history as hist
+from jaxmlp import report
+from jaxmlp.config import GORNER_MNIST, PRESETS, Config, ConfigError
+
+CLASS_NAMES = {  # the label names of each dataset, for showing an example
+    "mnist": tuple(str(d) for d in range(10)),
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"),
+    "kmnist": ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+}
+LADDER = tuple(PRESETS)
+"""Görner's rungs in the talk's order: softmax, sigmoid, relu (the seed), + lr decay, + dropout."""
+
+
+# --- one-line errors ---------------------------------------------------------------------------
+
+class Stopped(Exception):
+    """A run or a load stopped for a reason the user can fix; ``str`` is the script's line.
+
+    IPython shows ``_render_traceback_`` in place of a traceback, so the cell's
+    output is that one line, as ``scripts/train.py`` prints it.
+    """
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
+
+
+def _one_line(fn, *args, **kwargs):
+    """``fn(...)``, with the library's expected errors raised again as ``Stopped``."""
+    from jaxmlp import run
+
+    try:
+        return fn(*args, **kwargs)
+    except run.EXPECTED_ERRORS as e:
+        raise Stopped(f"error: {e}") from None
+    except (run.Interrupted, run.AlreadyComplete) as e:  # the script prints these bare, too
+        raise Stopped(str(e)) from None
+
+
+def config(preset: str = "relu", **overrides) -> Config:
+    """``Config.from_preset(preset, **overrides)``; a bad value stops with one line."""
+    try:
+        return Config.from_preset(preset, **overrides)
+    except ConfigError as e:
+        raise Stopped(f"error: {e}") from None
+
+
+def load(config: Config, *, progress: bool = True):
+    """The config's dataset as host arrays (``data.load``); unloadable data stops with one line."""
+    from jaxmlp import data
+
+    return _one_line(data.load, config.dataset, data_dir=config.data_dir,
+                     manual_dir=config.manual_dir, train_split=config.train_split,
+                     test_split=config.test_split, progress=progress)
+
+
+def train(config: Config, *, dataset=None, live: bool = True, quiet: bool = False, **kwargs):
+    """``run.train_and_evaluate`` with a live chart in Jupyter (``live``), printing the
+    script's final line; returns its ``Result``. Expected errors stop with one line.
+
+    ``kwargs`` go to ``train_and_evaluate`` (``out_dir``, ``reporter``, ...).
+    """
+    from jaxmlp import run
+
+    rep = kwargs.pop("reporter", None)
+    if rep is None:
+        rep = reporter(quiet=quiet) if live else report.Reporter(quiet=quiet)
+    result = _one_line(run.train_and_evaluate, config, dataset=dataset, quiet=quiet,
+                       reporter=rep, **kwargs)
+    if isinstance(rep, LiveReporter):
+        rep.finish(result.history)  # the last frame from the whole history: every curve
+    if not quiet:
+        for line in run.final_lines(result.summary, kwargs.get("out_dir")):
+            print(line)
+    return result
+
+
+# --- Jupyter or not ------------------------------------------------------------------------------
+
+def in_jupyter() -> bool:
+    """Whether this code runs in a Jupyter kernel (an IPython shell with a kernel attached)."""
+    ipython = sys.modules.get("IPython")  # never imported here: a script that lacks it is no kernel
+    shell = ipython.get_ipython() if ipython is not None else None
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def reporter(*, quiet: bool = False, **kwargs) -> report.Reporter:
+    """The live-chart ``LiveReporter`` inside Jupyter, else (or when ``quiet``) the
+    progress-bar ``report.Reporter``."""
+    if quiet or not in_jupyter():
+        return report.Reporter(quiet=quiet, **kwargs)
+    return LiveReporter(**kwargs)
+
+
+def png_bytes(fig: Figure) -> bytes:
+    """``fig`` rendered by the Agg canvas (no pyplot, so no global figure state)."""
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    return buf.getvalue()
+
+
+def show(fig: Figure) -> None:
+    """Display ``fig`` as a PNG in the notebook (plain ``Figure`` objects have no rich repr)."""
+    from IPython.display import Image, display
+
+    display(Image(data=png_bytes(fig), format="png"))
+
+
+# --- the live chart ------------------------------------------------------------------------------
+
+EXTRA_KEYS = ("train_loss", "train_accuracy", "weight_percentiles", "bias_percentiles")
+"""Optional ``chunk`` values ``LiveReporter`` draws when given: the chunk's mean train loss and
+accuracy ((K,)) and the parameter percentiles at the chunk's end ((K, L, P), levels
+``history.PERCENTILES``), K = 1 for a single model."""
+
+
+class LiveReporter(report.Reporter):
+    """Redraws ONE figure in place at reporting points, like the talk's live dashboard:
+    accuracy and cross-entropy (test from every chunk; train when the run reports it),
+    and per-layer weight and bias percentile bands.
+
+    Drawing is throttled: at most every ``min_interval`` seconds, and at most
+    ``max_share`` of the time since the last draw (an Agg render takes ~0.1 s, so a
+    run with fast chunks draws less often); the last chunk is always drawn by
+    ``close``. ``display`` is called with the PNG bytes of each frame (default: an
+    IPython display handle, created at the first frame and updated after).
+    """
+
+    def __init__(self, *, quiet: bool = False, stream=None, min_interval: float = 0.5,
+                 max_share: float = 0.03, display: Callable[[bytes], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        super().__init__(quiet=quiet, stream=stream)
+        self.min_interval, self.max_share = min_interval, max_share
+        self._display = display or _DisplayHandle()
+        self._clock = clock
+        self.frames = 0  # frames drawn so far
+        self.draw_seconds = 0.0  # time spent drawing them
+
+    def start(self, config, *, start_step: int = 0, examples_per_epoch: int = 60_000) -> None:
+        super().start(config, start_step=start_step, examples_per_epoch=examples_per_epoch)
+        self.total_steps = config.steps
+        self._rows: list[dict] = []  # one per chunk: step, test metrics, alive, extras
+        self._train_curve = None  # (steps, values) per metric once ``finish`` has the history
+        self._pending = False
+        self._next_draw = -math.inf
+        self._fig = None
+
+    def chunk(self, step: int, test_accuracy: np.ndarray, test_loss: np.ndarray,
+              alive: np.ndarray, **extra) -> None:
+        """As ``Reporter.chunk``; ``extra`` may hold any of ``EXTRA_KEYS`` (host arrays)."""
+        super().chunk(step, test_accuracy, test_loss, alive)
+        self._rows.append({"step": step, "test_accuracy": _per_member(test_accuracy, 0),
+                           "test_loss": _per_member(test_loss, 0), "alive": np.atleast_1d(alive),
+                           **{k: _per_member(v, 0 if k.startswith("train") else 2)
+                              for k, v in extra.items() if k in EXTRA_KEYS}})
+        self._pending = True
+        if self._clock() >= self._next_draw:
+            self._draw()
+
+    def close(self) -> None:
+        if getattr(self, "_pending", False):
+            self._draw()
+        super().close()
+
+    def finish(self, history: dict) -> None:
+        """Redraw the last frame from the run's whole ``history`` (train curves and percentiles
+        from every evaluation), so the chart ends complete whatever the chunks reported.
+        Nothing to do (no extra frame) when the chunks already reported every ``EXTRA_KEYS``."""
+        if all(_stack(self._rows, k) is not None for k in EXTRA_KEYS):
+            return
+        steps, acc = hist.series(history, "test", "accuracy")
+        _, loss = hist.series(history, "test", "loss")
+        done = steps <= hist.completed_steps(history)
+        has_pct = all(k in history for k in ("weight_percentiles", "bias_percentiles"))
+        pct = {k: hist.by_member(history, k)[:, done] for k in ("weight_percentiles",
+                                                                "bias_percentiles") if has_pct}
+        self._rows = [{"step": int(s), "test_accuracy": acc[:, i], "test_loss": loss[:, i],
+                       "alive": np.isfinite(loss[:, i]),
+                       **{k: v[:, i] for k, v in pct.items()}}
+                      for i, s in enumerate(steps[done]) if s > 0]
+        self._train_curve = {m: hist.series(history, "train", m) for m in ("accuracy", "loss")}
+        self._draw()
+
+    # Drawing ------------------------------------------------------------------------------
+
+    def _draw(self) -> None:
+        t0 = self._clock()
+        self._display(png_bytes(self.figure()))
+        took = self._clock() - t0
+        self.frames += 1
+        self.draw_seconds += took
+        self._pending = False
+        self._next_draw = t0 + took + max(self.min_interval, took / self.max_share)
+
+    def figure(self) -> Figure:
+        """The current frame: accuracy, cross-entropy, weight and bias percentiles.
+
+        One figure is kept and only its data artists are replaced at each frame: the
+        axes, ticks and labels are reused, which halves the time of a frame.
+        """
+        if self._fig is None:
+            self._fig = Figure(figsize=(10, 6.4), dpi=80)
+            # Fixed margins: a constrained layout would cost as much as the drawing itself.
+            self._fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.08, hspace=0.38,
+                                      wspace=0.18)
+            for ax in self._fig.subplots(2, 2).flat:
+                ax.set_xlim(0, self.total_steps)
+                ax.grid(True, alpha=0.3)
+                ax.tick_params(labelsize=8)
+            for ax in self._fig.axes[2:]:
+                ax.set_xlabel("training step", fontsize=9)
+        ax_acc, ax_loss, ax_w, ax_b = self._fig.axes
+        for ax in self._fig.axes:
+            for artist in [*ax.lines, *ax.collections, *ax.texts]:
+                artist.remove()
+            if ax.get_legend() is not None:
+                ax.get_legend().remove()
+        rows = self._rows
+        steps = np.asarray([r["step"] for r in rows])
+        for ax, metric in ((ax_acc, "accuracy"), (ax_loss, "loss")):
+            self._draw_metric(ax, steps, rows, metric)
+        for ax, key, name in ((ax_w, "weight_percentiles", "weights"),
+                              (ax_b, "bias_percentiles", "biases")):
+            _draw_layers(ax, steps, _stack(rows, key), name)
+        self._fig.suptitle(self._title(steps, rows), fontsize=11)
+        return self._fig
+
+    def _draw_metric(self, ax, steps: np.ndarray, rows: list[dict], metric: str) -> None:
+        test = _stack(rows, f"test_{metric}")
+        train_steps, train = steps, _stack(rows, f"train_{metric}")
+        per_step = self._train_curve is not None
+        if per_step:
+            train_steps, train = self._train_curve[metric]
+        if train is not None and train_steps.size:
+            mean = hist.nan_reduce(np.nanmean, train)
+            ax.plot(train_steps, mean, color="C1", linewidth=0.6 if per_step else 1.2, alpha=0.6,
+                    label="train (per step)" if per_step else "train (mean of each chunk)")
+        if test is not None and steps.size:
+            if test.shape[0] > 1:
+                ax.fill_between(steps, hist.nan_reduce(np.nanmin, test),
+                                hist.nan_reduce(np.nanmax, test), color="C0", alpha=0.2,
+                                linewidth=0, label=f"test min–max of {test.shape[0]}")
+            marker = "o" if steps.size < 3 else None
+            ax.plot(steps, hist.nan_reduce(np.nanmean, test), color="C0", linewidth=2,
+                    marker=marker, markersize=3,
+                    label="test" if test.shape[0] == 1 else f"test mean of {test.shape[0]}")
+            late = test[:, steps >= steps[-1] / 2]
+            late = late[np.isfinite(late)]
+            if late.size and metric == "accuracy":
+                ax.set_ylim(max(0.0, min(0.85, math.floor((late.min() - 0.02) * 20) / 20)), 1.005)
+            elif late.size:  # the late loss range, as the seed's zoomed panel
+                ax.set_ylim(0, max(3 * float(np.median(late)), 1e-3))
+            ax.legend(loc="lower right" if metric == "accuracy" else "upper right", fontsize=8)
+        ax.set_title("accuracy" if metric == "accuracy" else "cross-entropy per image", fontsize=10)
+
+    def _title(self, steps: np.ndarray, rows: list[dict]) -> str:
+        if not rows:
+            return "waiting for the first evaluation"
+        acc = rows[-1]["test_accuracy"]
+        alive = rows[-1]["alive"]
+        what = (f"test accuracy {acc[0]:.4f}" if acc.size == 1 else
+                f"test accuracy, mean of {acc.size}: {np.nanmean(np.where(alive, acc, np.nan)):.4f}")
+        lost = f" ({int((~alive).sum())} diverged)" if not alive.all() else ""
+        return f"step {steps[-1]:,} of {self.total_steps:,}: {what}{lost}"
+
+
+class _DisplayHandle:
+    """One output in the cell, replaced by each new frame (IPython's display_id)."""
+
+    def __init__(self):
+        self._handle = None
+
+    def __call__(self, png: bytes) -> None:
+        from IPython.display import Image, display
+
+        image = Image(data=png, format="png")
+        if self._handle is None:
+            self._handle = display(image, display_id=True)
+        else:
+            self._handle.update(image)
+
+
+def _stack(rows: list[dict], key: str) -> np.ndarray | None:
+    """``key`` of every row stacked on a time axis after the model axis: (K, N, ...); None if no
+    row has it; rows without it (say, chunks from before it was reported) are NaN."""
+    have = [r[key] for r in rows if key in r]
+    if not have:
+        return None
+    gap = np.full(have[0].shape, np.nan)
+    return np.stack([r.get(key, gap) for r in rows], axis=1)
+
+
+def _per_member(value, ndim: int) -> np.ndarray:
+    """``value`` with a leading model axis: (K, *axes) of ``ndim`` axes per model, K = 1 for one."""
+    value = np.asarray(value, np.float64)
+    return value.reshape(-1, *value.shape[value.ndim - ndim:]) if ndim else value.reshape(-1)
+
+
+def _draw_layers(ax, steps: np.ndarray, values: np.ndarray | None, name: str) -> None:
+    """Per layer: the 10–90% band and the median of its values; an ensemble's members averaged."""
+    ax.set_title(f"{name}: percentiles per layer", fontsize=10)
+    if values is None or not steps.size:
+        ax.text(0.5, 0.5, "not reported during the run\n(shown when it ends)", ha="center",
+                va="center", transform=ax.transAxes, color="0.5", fontsize=9)
+        return
+    pct = hist.nan_reduce(np.nanmean, values)  # (N, L, P)
+    levels = list(hist.PERCENTILES)
+    lo, mid, hi = levels.index(10.0), levels.index(50.0), levels.index(90.0)
+    for layer in range(pct.shape[1]):
+        color = f"C{layer % 10}"
+        ax.fill_between(steps, pct[:, layer, lo], pct[:, layer, hi], color=color, alpha=0.18,
+                        linewidth=0)
+        ax.plot(steps, pct[:, layer, mid], color=color, linewidth=1.2, label=f"layer {layer + 1}")
+    ax.legend(loc="upper left", fontsize=7, ncols=min(pct.shape[1], 5), title="median, 10–90%",
+              title_fontsize=7)
+
+
+# --- the seed notebook's pictures and numbers ----------------------------------------------------
+
+def example_figure(dataset, index: int = 0) -> Figure:
+    """Training image ``index`` of ``dataset`` with its label (and class name)."""
+    label = int(dataset.train_labels[index])
+    names = CLASS_NAMES.get(dataset.name)
+    fig = Figure(figsize=(2.6, 2.9), dpi=100)
+    ax = fig.subplots()
+    ax.imshow(dataset.train_images[index], cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(f"label {label}" + (f": {names[label]}" if names else ""), fontsize=10)
+    return fig
+
+
+def loss_convention(config: Config, dataset, *, batch_size: int = 100) -> float:
+    """The largest parameter difference between jaxmlp's first update (batch-mean loss at
+    ``config.learning_rate``) and the 2017 program's (batch-summed loss at that rate divided
+    by ``batch_size``), on the first training batch of ``dataset``: ~1e-8 (float rounding)."""
+    import jax
+    import optax
+
+    from jaxmlp import loop, train
+
+    if config.optimizer != "sgd" or config.dropout:
+        raise Stopped("error: the 2017 loss convention is shown on a plain SGD rung "
+                      "without dropout (softmax or relu)")
+    state = loop.init_state(jax.random.key(config.seed), config)
+    batch = {"image": dataset.train_images[:batch_size], "label": dataset.train_labels[:batch_size]}
+
+    def summed(params):  # the original's loss: cross-entropy summed over the batch
+        logits, _ = train.forward(state, params, batch["image"], train=False)
+        return train.cross_entropy(logits, batch["label"]).sum()
+
+    tx = optax.sgd(config.learning_rate / batch_size)
+    updates, _ = tx.update(jax.grad(summed)(state.params), tx.init(state.params))
+    original = optax.apply_updates(state.params, updates)
+    ours, _ = train.train_step(state, batch)  # donates ``state``: used last
+    return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+               for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(original)))
+
+
+def findings(result) -> dict:
+    """The numbers the conclusions quote, from a run's summary and history."""
+    s, h = result.summary, result.history
+    steps, test_loss = hist.series(h, "test", "loss")
+    mean_loss = hist.nan_reduce(np.nanmean, test_loss)
+    i_min = int(np.nanargmax(-mean_loss)) if np.isfinite(mean_loss).any() else 0
+    last = steps[-1]
+    train_steps, train_acc = hist.series(h, "train", "accuracy")
+    _, train_loss = hist.series(h, "train", "loss")
+    window = (train_steps > last - max(last // 10, 1)) & (train_steps <= last)
+    mean_of = lambda v: float(np.nanmean(v[:, window])) if window.any() else math.nan
+    final_acc = float(np.nanmean(s["final_test_accuracy"]))
+    return {
+        "dataset": s["data"]["name"], "steps": int(s["steps"]),
+        "final_test_accuracy": final_acc,
+        "best_test_accuracy": float(np.nanmax(s["best_test_accuracy"])),
+        "best_test_step": int(np.max(s["best_test_step"])),
+        "final_test_loss": float(np.nanmean(s["final_test_loss"])),
+        "min_test_loss": float(mean_loss[i_min]), "min_test_loss_step": int(steps[i_min]),
+        "late_window": int(window.sum()),
+        "late_train_accuracy": mean_of(train_acc), "late_train_loss": mean_of(train_loss),
+        "train_seconds": float(s["timings"]["train_seconds"]),
+        "eval_seconds": float(s["timings"]["eval_seconds"]),
+        "compile_seconds": float(s["timings"]["compile_seconds"]),
+    }
+
+
+def conclusions(result) -> str:
+    """Markdown bullets stating what the run shows, every number read from ``result``."""
+    f = findings(result)
+    gap = f["late_train_accuracy"] - f["final_test_accuracy"]
+    rise = f["final_test_loss"] / f["min_test_loss"] - 1
+    loss_line = (f"its lowest, **{f['min_test_loss']:.3f}**, came at step "
+                 f"{f['min_test_loss_step']:,}; it ended at **{f['final_test_loss']:.3f}** "
+                 f"({rise:+.0%}) while the training loss kept falling (last {f['late_window']:,} "
+                 f"steps: **{f['late_train_loss']:.3f}**)")
+    if rise > 0.05:
+        loss_line += ": the network overfits, the talk's cue for learning-rate decay and dropout"
+    return "\n".join([
+        f"- **{f['dataset']}**, {f['steps']:,} steps: final test accuracy "
+        f"**{f['final_test_accuracy']:.4f}**, best **{f['best_test_accuracy']:.4f}** "
+        f"at step {f['best_test_step']:,}.",
+        f"- Training minibatches over the last {f['late_window']:,} steps: mean accuracy "
+        f"**{f['late_train_accuracy']:.4f}**, so the train/test gap is **{gap:.4f}**.",
+        f"- Test cross-entropy per image: {loss_line}.",
+        f"- Time: {f['train_seconds']:.1f} s of training steps, {f['eval_seconds']:.1f} s of "
+        f"test-set evaluations, {f['compile_seconds']:.1f} s compiling.",
+    ])
+
+
+# --- the ladder ---------------------------------------------------------------------------------
+
+RUN_FIELDS = ("dataset", "data_dir", "manual_dir", "train_split", "test_split", "batch_size",
+              "eval_every", "eval_batch_size", "log_every")
+"""What every rung of ``ladder`` takes from the base config: the data and the schedule."""
+
+
+def ladder(base: Config, presets: Sequence[str] = LADDER, *, dataset=None, seeds=(0, 1, 2, 3),
+           steps: int | None = None) -> dict:
+    """Each rung of ``presets`` as an ensemble over ``seeds`` (one compiled program per rung),
+    on ``base``'s data and schedule (``RUN_FIELDS``) for ``steps`` (default ``base.steps``).
+    Returns {preset: Result}; prints one line per rung."""
+    from jaxmlp import run
+
+    shared = {k: getattr(base, k) for k in RUN_FIELDS}
+    results = {}
+    for name in presets:
+        cfg = config(name, **shared, seeds=tuple(seeds), steps=steps or base.steps)
+        results[name] = train(cfg, dataset=dataset, quiet=True)
+        print(f"{name}: " + "; ".join(run.final_lines(results[name].summary, None)), flush=True)
+    return results
+
+
+def _finals(result) -> np.ndarray:
+    """Final test accuracy of each member that did not diverge."""
+    return np.asarray([m["final_test_accuracy"] for m in result.summary["members"]
+                       if m["status"] != "diverged"], np.float64)
+
+
+def ladder_table(results: dict) -> str:
+    """Markdown: per rung, the members' final test accuracy (mean ± std, range) next to
+    Görner's MNIST figure for that rung."""
+    lines = ["| rung | members | final test accuracy, mean ± std | min – max | Görner, MNIST |",
+             "|---|---|---|---|---|"]
+    for name, r in results.items():
+        acc = _finals(r)
+        k = len(r.summary["members"])
+        lost = f" ({k - acc.size} diverged)" if acc.size < k else ""
+        stats = (f"{acc.mean():.4f} ± {acc.std(ddof=1) if acc.size > 1 else 0:.4f}"
+                 if acc.size else "all diverged")
+        spread = f"{acc.min():.4f} – {acc.max():.4f}" if acc.size else "–"
+        lines.append(f"| {name} | {k}{lost} | {stats} | {spread} | {GORNER_MNIST.get(name, '–')} |")
+    return "\n".join(lines)
+
+
+def ladder_figure(results: dict) -> Figure:
+    """Left: each rung's final test accuracy, mean with ± 1 std error bars, members as dots.
+    Right: each rung's test accuracy over training, members' mean with their min–max band."""
+    fig = Figure(figsize=(12, 4.6), dpi=100, layout="constrained")
+    ax_bar, ax_curve = fig.subplots(1, 2, width_ratios=[1, 1.5])
+    names = list(results)
+    for i, name in enumerate(names):
+        acc = _finals(results[name])
+        color = f"C{i % 10}"
+        if acc.size:
+            ax_bar.errorbar([i], [acc.mean()], yerr=[acc.std(ddof=1) if acc.size > 1 else 0],
+                            fmt="o", color=color, capsize=6, markersize=7, linewidth=2)
+            ax_bar.plot(np.full(acc.size, i) + np.linspace(-0.12, 0.12, acc.size), acc, ".",
+                        color=color, alpha=0.6)
+        steps, values = hist.series(results[name].history, "test", "accuracy")
+        ax_curve.fill_between(steps, hist.nan_reduce(np.nanmin, values),
+                              hist.nan_reduce(np.nanmax, values), color=color, alpha=0.2, linewidth=0)
+        ax_curve.plot(steps, hist.nan_reduce(np.nanmean, values), color=color, linewidth=1.6,
+                      label=name)
+    ax_bar.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=9)
+    ax_bar.set_ylabel("final test accuracy")
+    ax_bar.set_title("final test accuracy: mean ± 1 std (dots: members)", fontsize=10)
+    ax_bar.grid(True, axis="y", alpha=0.3)
+    late = np.concatenate([hist.late_test_values(r.history, "accuracy") for r in results.values()])
+    if late.size:
+        ax_curve.set_ylim(max(0.0, math.floor((late.min() - 0.02) * 20) / 20), 1.0)
+    ax_curve.set_xlabel("training step")
+    ax_curve.set_title("test accuracy: members' mean and min–max band", fontsize=10)
+    ax_curve.grid(True, alpha=0.3)
+    ax_curve.legend(loc="lower right", fontsize=8)
+    return fig

@@ -1,0 +1,260 @@
+"""Tests for jaxmlp.notebook and docs/notebooks/seed.ipynb.
+
+The notebook is executed by nbclient in an ipykernel kernel, short (parameters
+injected in a cell after its "parameters" cell, papermill-style), on learnable
+IDX files written here: no download, no Debian package.
+"""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import os
+import re
+
+import nbclient
+import nbformat
+import numpy as np
+import pytest
+
+from jaxmlp import data, idx, notebook, report
+from jaxmlp.config import Config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(REPO, "docs", "notebooks", "seed.ipynb")
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def write_learnable_idx(folder, n_train=1200, n_test=300, seed=0):
+    """Four IDX files of a task a small MLP learns in a few hundred steps: each class is a
+    bright horizontal band at its own rows, under uniform noise."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+
+    def split(n):
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        images = rng.integers(0, 120, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(labels):
+            images[i, 2 + 2 * c: 5 + 2 * c, 4:24] = 255
+        return images, labels
+
+    arrays = dict(zip(("train_images", "train_labels"), split(n_train)))
+    arrays.update(zip(("test_images", "test_labels"), split(n_test)))
+    for role, fname in idx.FILES.items():
+        a = arrays[role]
+        header = (0x0800 | a.ndim).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in a.shape)
+        with open(os.path.join(folder, fname), "wb") as f:
+            f.write(gzip.compress(header + a.tobytes(), compresslevel=1))
+    return str(folder)
+
+
+def with_parameters(nb, **params):
+    """A copy of ``nb`` with a cell setting ``params`` right after its "parameters" cell."""
+    nb = copy.deepcopy(nb)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    source = "\n".join(f"{k} = {v!r}" for k, v in params.items())
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(source, metadata={"tags": ["injected-parameters"]}))
+    return nb
+
+
+def execute(nb, cwd):
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(cwd)}})
+    client.execute()
+    return nb
+
+
+def text_of(cell) -> str:
+    parts = []
+    for out in cell.get("outputs", []):
+        if out.output_type == "stream":
+            parts.append(out.text)
+        elif out.output_type in ("execute_result", "display_data"):
+            parts.append(out.data.get("text/plain", ""))
+    return "".join(parts)
+
+
+def error_outputs(nb):
+    return [(i, o) for i, c in enumerate(nb.cells) for o in c.get("outputs", [])
+            if o.output_type == "error"]
+
+
+def read_notebook():
+    return nbformat.read(NOTEBOOK, as_version=4)
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+# --- the live reporter -------------------------------------------------------------------------
+
+def test_outside_jupyter_the_reporter_is_the_progress_bar():
+    assert not notebook.in_jupyter()
+    assert type(notebook.reporter()) is report.Reporter
+    assert type(notebook.reporter(quiet=True)) is report.Reporter
+
+
+def _chunk(rep, step, k=1, extra=True, layers=5):
+    acc = np.full(k, 0.5 + step / 4000)
+    extras = {}
+    if extra:
+        pct = np.sort(np.random.default_rng(step).normal(size=(k, layers, 7)), axis=-1)
+        extras = dict(train_loss=np.full(k, 1.0 / step), train_accuracy=acc + 0.05,
+                      weight_percentiles=pct[0] if k == 1 else pct,
+                      bias_percentiles=pct[0] / 10 if k == 1 else pct / 10)
+    rep.chunk(step, acc, 2 - acc, np.ones(k, bool), **extras)
+
+
+def test_live_reporter_throttles_and_always_draws_the_last_chunk():
+    frames, clock = [], FakeClock()
+    rep = notebook.LiveReporter(quiet=True, display=frames.append, clock=clock, min_interval=0.5)
+    rep.start(Config(steps=2000, eval_every=100))
+    _chunk(rep, 100)  # the first chunk is drawn at once
+    assert len(frames) == 1 and frames[0].startswith(PNG)
+    for step in range(200, 1100, 100):  # no time passes: nothing more is drawn
+        _chunk(rep, step)
+    assert len(frames) == 1
+    clock.now += 0.49
+    _chunk(rep, 1100)
+    assert len(frames) == 1
+    # A frame may take at most max_share of the time: with no time spent drawing (the fake
+    # clock stands still) the floor is min_interval.
+    clock.now += 0.02
+    _chunk(rep, 1200)
+    assert len(frames) == 2
+    _chunk(rep, 1300)
+    rep.close()  # the last chunk is drawn however soon after the previous frame
+    assert len(frames) == 3 and rep.frames == 3
+    steps = [r["step"] for r in rep._rows]
+    assert steps == list(range(100, 1400, 100))
+
+
+def test_slow_frames_are_drawn_less_often():
+    clock = FakeClock()
+
+    def slow_display(png):  # each frame "takes" 1 s
+        clock.now += 1.0
+
+    rep = notebook.LiveReporter(quiet=True, display=slow_display, clock=clock, max_share=0.05)
+    rep.start(Config(steps=10_000, eval_every=100))
+    for step in range(100, 10_100, 100):
+        clock.now += 0.1  # a chunk takes 0.1 s
+        _chunk(rep, step)
+    rep.close()
+    # 100 chunks of 0.1 s and 1 s frames at <= 5% of the time: the first, one every ~20 s
+    # of chunks (none fit in these 10 s), and the last.
+    assert rep.frames == 2
+    assert rep.draw_seconds <= 2.0 + 1e-9
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_live_frame_draws_the_extras_when_given(k):
+    rep = notebook.LiveReporter(quiet=True, display=lambda png: None)
+    rep.start(Config(steps=1000, eval_every=100, **({"seeds": tuple(range(k))} if k > 1 else {})))
+    _chunk(rep, 100, k=k, extra=False)  # chunks from a run that reports no extras...
+    for step in range(200, 600, 100):
+        _chunk(rep, step, k=k)  # ...and from one that does
+    fig = rep.figure()
+    ax_acc, ax_loss, ax_w, ax_b = fig.axes
+    for ax in (ax_acc, ax_loss):
+        labels = [line.get_label() for line in ax.lines]
+        assert labels[0] == "train (mean of each chunk)" and labels[-1].startswith("test")
+        train = ax.lines[0].get_ydata()
+        assert np.isnan(train[0]) and np.isfinite(train[1:]).all()  # a gap where none came
+        assert len(ax.lines[-1].get_xdata()) == 5
+    for ax in (ax_w, ax_b):
+        assert [line.get_label() for line in ax.lines] == [f"layer {i}" for i in range(1, 6)]
+    assert "step 500 of 1,000" in fig._suptitle.get_text()
+    assert png_size(notebook.png_bytes(fig)) == (800, 512)
+
+
+def test_live_frame_without_extras_shows_test_curves_and_says_what_is_missing():
+    rep = notebook.LiveReporter(quiet=True, display=lambda png: None)
+    rep.start(Config(steps=1000, eval_every=100))
+    for step in range(100, 400, 100):
+        _chunk(rep, step, extra=False)
+    ax_acc, _, ax_w, _ = rep.figure().axes
+    assert [line.get_label() for line in ax_acc.lines] == ["test"]
+    assert not ax_w.lines and "not reported" in ax_w.texts[0].get_text()
+
+
+def png_size(png: bytes) -> tuple[int, int]:
+    return int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+
+
+# --- one-line errors -----------------------------------------------------------------------------
+
+def test_unloadable_data_stops_with_the_scripts_one_line(tmp_path):
+    config = Config(dataset="mnist", data_dir=str(tmp_path / "data"),
+                    manual_dir=str(tmp_path / "missing"), steps=100)
+    with pytest.raises(data.DataError) as direct:
+        data.load("mnist", data_dir=config.data_dir, manual_dir=config.manual_dir)
+    for call in (notebook.load, notebook.train):
+        with pytest.raises(notebook.Stopped) as stopped:
+            call(config)
+        assert str(stopped.value) == f"error: {direct.value}"
+        assert stopped.value._render_traceback_() == [f"error: {direct.value}"]
+        assert stopped.value.__cause__ is None and stopped.value.__suppress_context__
+
+
+def test_bad_config_stops_with_one_line():
+    with pytest.raises(notebook.Stopped, match=r"^error: eval_every \(300\) must divide steps"):
+        notebook.config("relu", steps=1000, eval_every=300)
+
+
+# --- the notebook ------------------------------------------------------------------------------
+
+def test_committed_notebook_holds_a_full_run():
+    """The copy in docs/ renders on code hosts: every code cell ran, in order, without errors,
+    at the seed's full schedule; the chart, the two figures and the ladder are images."""
+    nb = read_notebook()
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
+    assert not error_outputs(nb)
+    params = code[0]
+    assert "parameters" in params.metadata.tags and "steps = 10_000" in params.source
+    images = sum("image/png" in o.get("data", {}) for c in code for o in c.outputs)
+    assert images >= 5  # an example, the live chart, accuracy, cross-entropy, the ladder
+    final = re.fullmatch(r"final test accuracy (0\.\d{4})\n", text_of(code[-1]))
+    assert final and 0.8 < float(final.group(1)) < 1
+
+
+def test_notebook_runs_short_on_learnable_data(tmp_path):
+    manual = write_learnable_idx(tmp_path / "idx")
+    nb = with_parameters(read_notebook(), dataset="mnist", manual_dir=manual,
+                         data_dir=str(tmp_path / "data"), steps=300, eval_every=50,
+                         log_every=100, ladder_seeds=(0, 1), ladder_steps=100)
+    execute(nb, tmp_path)  # raises CellExecutionError on any cell error
+    assert not error_outputs(nb)
+    final = re.fullmatch(r"final test accuracy (\d\.\d{4})\n", text_of(nb.cells[-1]))
+    assert final, text_of(nb.cells[-1])
+    assert 0.5 < float(final.group(1)) <= 1.0  # chance is 0.1
+    train_cell = next(c for c in nb.cells if "notebook.train(" in c.source)
+    assert "final test accuracy" in text_of(train_cell)
+    live = [o for o in train_cell.outputs if "image/png" in o.get("data", {})]
+    assert len(live) == 1  # one chart, redrawn in place
+    ladder_cell = next(c for c in nb.cells if "notebook.ladder(" in c.source)
+    assert text_of(ladder_cell).count("best member") == len(notebook.LADDER)
+
+
+def test_notebook_on_unloadable_data_stops_at_the_data_cell_with_one_line(tmp_path):
+    missing = str(tmp_path / "no-such-folder")
+    nb = with_parameters(read_notebook(), dataset="mnist", manual_dir=missing,
+                         data_dir=str(tmp_path / "data"))
+    with pytest.raises(nbclient.exceptions.CellExecutionError):
+        execute(nb, tmp_path)
+    errors = error_outputs(nb)
+    assert len(errors) == 1
+    at, err = errors[0]
+    assert "notebook.load(" in nb.cells[at].source
+    with pytest.raises(data.DataError) as direct:  # what the script would print after "error: "
+        data.load("mnist", data_dir=str(tmp_path / "data"), manual_dir=missing)
+    assert err.traceback == [f"error: {direct.value}"]
+    assert all(c.get("execution_count") is None for c in nb.cells[at + 1:] if c.cell_type == "code")

@@ -1,0 +1,361 @@
+"""The 2017 program as an oracle: Görner's graph, rebuilt with ``tf.compat.v1``,
+fed the same parameters and batches as jaxmlp.
+
+The graph is written as the original writes it (placeholders X, Y_; W1..W5,
+B1..B5; ``-reduce_sum(Y_ * log(Y + 1e-10))``; ``GradientDescentOptimizer(0.003)``),
+with its variables set from jaxmlp's parameters instead of its own
+truncated-normal draws, so both sides start equal. The data are learnable
+synthetic digits made here. Checks:
+
+* one update from the same parameters agrees to float32 rounding, at several
+  points of a real jaxmlp trajectory (so neither chaos over many steps nor a
+  lucky start can hide or fake a difference), and plausible wrong
+  implementations fail the same check;
+* 50 consecutive steps give the same per-step losses;
+* ``metrics="after"`` records what the original's post-update
+  ``sess.run([accuracy, cross_entropy])`` reports; ``"before"`` does not;
+* test-set accuracy and cross-entropy agree;
+* the ``+ 1e-10`` inside the original's log is a real difference only for an
+  image with p_true < 1e-10, which no image here comes near.
+
+TensorFlow runs in graph mode inside its own ``tf.Graph`` (never
+``disable_eager_execution``), so nothing leaks into other tests.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxmlp import Config, evaluate, init_state, train_step
+from jaxmlp.model import layer_params
+
+B = 100  # the original's batch
+LR_ORIGINAL = 0.003  # on the summed loss; jaxmlp's 0.3 on the mean is the same update
+EPS_LOG = 1e-10  # the original's guard inside the log
+CHECK_STEPS = (0, 100, 1000, 3000)  # points of the jaxmlp trajectory where one update is compared
+N_TRAIN, N_TEST = 20_000, 2_000
+
+# Tolerances. float32 spacing is 1.2e-7 relative; TF (Eigen/oneDNN) and XLA sum the
+# matmuls and the 100 per-image gradient terms in different orders and use different
+# exp/log approximations, so results differ by a few ulps, never more.
+# Parameters after one update: 1e-6 relative (~8 ulps). Entries near zero (biases start
+# at exactly 0, weights cross it) have no relative precision; there the difference is
+# the rounding of the update itself, lr * (sum of 100 terms), a few ulps of the weights'
+# scale (|w| <= 0.25: spacing <= 3e-8), hence the absolute 1e-7.
+PARAM_RTOL, PARAM_ATOL = 1e-6, 1e-7
+# A minibatch's mean cross-entropy: the original's float32 sum of 100 logs of rounded
+# probabilities (each log off by ~1 ulp of p, i.e. ~6e-8 absolute near p = 1) divided by
+# 100, against jaxmlp's log-softmax mean. 1e-5 relative plus 1e-6 absolute per image covers
+# a few ulps of every term; a real difference (one SGD step, the wrong timing) is far larger.
+LOSS_RTOL, LOSS_ATOL = 1e-5, 1e-6
+TRAJECTORY_RTOL = 1e-4  # per-step loss over 50 unsynchronised steps (the brief's bound)
+
+
+# --- data: learnable synthetic digits ----------------------------------------------------------
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n MNIST-like images (n, 28, 28) uint8 (dark background, ~13% ink) and labels (n,) int32.
+
+    Each class is four pen strokes (the same for every seed); each image jitters their
+    ends by ~2 px, shifts them by up to 2 px, and half the images gain a stroke of a
+    random class, so the classes overlap (~90% test accuracy after 3,000 steps).
+    """
+    ends = np.random.default_rng(2017).uniform(4, 22, (10, 4, 2, 2))  # class, stroke, end, (row, col)
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, n).astype(np.int32)
+    strokes = ends[labels] + rng.normal(0, 2.0, (n, 4, 2, 2)) + rng.integers(-2, 3, (n, 1, 1, 2))
+    extra = ends[rng.integers(0, 10, n), rng.integers(0, 4, n)]  # (n, 2, 2)
+    extra = np.where((rng.random(n) < 0.5)[:, None, None], extra, strokes[:, 0])  # else redraw one
+    strokes = np.concatenate([strokes, extra[:, None]], 1)  # (n, 5, 2, 2)
+    t = np.linspace(0, 1, 30)[:, None]
+    points = strokes[:, :, 0, None] * (1 - t) + strokes[:, :, 1, None] * t  # (n, 5, 30, 2)
+    points = np.clip(np.round(points).astype(int), 0, 26).reshape(n, -1, 2)
+    ink = np.repeat(rng.uniform(0.5, 1.0, n), points.shape[1])
+    images = np.zeros((n, 28, 28))
+    which = np.repeat(np.arange(n), points.shape[1])
+    rows, cols = points[..., 0].ravel(), points[..., 1].ravel()
+    for dr in (0, 1):  # a 2x2 pen
+        for dc in (0, 1):
+            images[which, rows + dr, cols + dc] = ink
+    images = np.clip(images + rng.normal(0, 0.1, images.shape) * (images > 0), 0, 1)
+    return np.round(images * 255).astype(np.uint8), labels
+
+
+@pytest.fixture(scope="module")
+def digits():
+    train, test = synthetic_digits(N_TRAIN, seed=0), synthetic_digits(N_TEST, seed=1)
+    return {"train": train, "test": test}
+
+
+def batch_indices(step: int) -> np.ndarray:
+    """The examples of step ``step``: a fresh numpy permutation per epoch, as ``next_batch``."""
+    per_epoch = N_TRAIN // B
+    order = np.random.default_rng(step // per_epoch).permutation(N_TRAIN)
+    i = step % per_epoch
+    return order[i * B:(i + 1) * B]
+
+
+def batch(digits, step: int) -> dict:
+    images, labels = digits["train"]
+    idx = batch_indices(step)
+    return {"image": images[idx], "label": labels[idx]}
+
+
+# --- the original program ----------------------------------------------------------------------
+
+def to_original_inputs(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """What the original's ``input_data`` hands the graph: float32 images in [0, 1] shaped
+    (N, 28, 28, 1) (uint8 times 1/255 in float32, as jaxmlp scales them) and one-hot labels."""
+    x = (images.astype(np.float32) * np.float32(1.0 / 255.0))[..., None]
+    return x, np.eye(10, dtype=np.float32)[labels]
+
+
+class Original:
+    """Görner's five-layer ReLU network and its training step, as ``tf.compat.v1`` code."""
+
+    def __init__(self, tf, layers):
+        tf1 = tf.compat.v1
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            X = tf1.placeholder(tf.float32, [None, 28, 28, 1])
+            Y_ = tf1.placeholder(tf.float32, [None, 10])
+            # The original draws W ~ truncated_normal(stddev=0.1), B = 0; here jaxmlp's draw.
+            (w1, b1), (w2, b2), (w3, b3), (w4, b4), (w5, b5) = [
+                (np.asarray(w), np.asarray(b)) for w, b in layers]
+            W1, B1 = tf1.Variable(w1), tf1.Variable(b1)
+            W2, B2 = tf1.Variable(w2), tf1.Variable(b2)
+            W3, B3 = tf1.Variable(w3), tf1.Variable(b3)
+            W4, B4 = tf1.Variable(w4), tf1.Variable(b4)
+            W5, B5 = tf1.Variable(w5), tf1.Variable(b5)
+
+            XX = tf.reshape(X, [-1, 784])
+            Y1 = tf.nn.relu(tf.matmul(XX, W1) + B1)
+            Y2 = tf.nn.relu(tf.matmul(Y1, W2) + B2)
+            Y3 = tf.nn.relu(tf.matmul(Y2, W3) + B3)
+            Y4 = tf.nn.relu(tf.matmul(Y3, W4) + B4)
+            Ylogits = tf.matmul(Y4, W5) + B5
+            Y = tf.nn.softmax(Ylogits)
+
+            cross_entropy = -tf.reduce_sum(Y_ * tf1.log(Y + 1e-10))
+            correct_prediction = tf.equal(tf.argmax(Y, 1), tf.argmax(Y_, 1))
+            accuracy = tf.reduce_mean(tf.cast(correct_prediction, tf.float32))
+            train_step = tf1.train.GradientDescentOptimizer(LR_ORIGINAL).minimize(cross_entropy)
+
+            # Not in the original: read-outs for the checks, and a way to set the variables.
+            self.p_true = tf.reduce_sum(Y_ * Y, 1)
+            self.variables = [W1, B1, W2, B2, W3, B3, W4, B4, W5, B5]
+            self._values = [tf1.placeholder(tf.float32, v.shape) for v in self.variables]
+            self._assign = tf.group(*[v.assign(p) for v, p in zip(self.variables, self._values)])
+            init = tf1.global_variables_initializer()
+        self.X, self.Y_ = X, Y_
+        self.cross_entropy, self.accuracy, self.train_step = cross_entropy, accuracy, train_step
+        config = tf1.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=1,
+                                 device_count={"GPU": 0})
+        self.sess = tf1.Session(graph=self.graph, config=config)
+        self.sess.run(init)
+
+    def feed(self, images, labels):
+        x, y = to_original_inputs(images, labels)
+        return {self.X: x, self.Y_: y}
+
+    def set_params(self, layers):
+        flat = [np.asarray(a, np.float32) for wb in layers for a in wb]
+        self.sess.run(self._assign, dict(zip(self._values, flat)))
+
+    def params(self) -> list[np.ndarray]:
+        return self.sess.run(self.variables)
+
+    def metrics(self, images, labels) -> tuple[float, float, np.ndarray]:
+        """(accuracy, cross_entropy summed over the images, p_true per image)."""
+        return tuple(self.sess.run([self.accuracy, self.cross_entropy, self.p_true],
+                                   self.feed(images, labels)))
+
+    def update(self, images, labels):
+        self.sess.run(self.train_step, self.feed(images, labels))
+
+
+@pytest.fixture(scope="module")
+def tf():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF already initialised elsewhere; the session hides GPUs anyway
+        pass
+    return tf
+
+
+@pytest.fixture(scope="module")
+def trajectory(digits):
+    """{step: jaxmlp state after that many steps} for each of CHECK_STEPS, one run from seed 0."""
+    state = init_state(jax.random.key(0), Config())
+    saved, step = {}, 0
+    for target in CHECK_STEPS:
+        while step < target:
+            state, _ = train_step(state, batch(digits, step))
+            step += 1
+        saved[target] = jax.tree.map(jnp.copy, state)
+    return saved
+
+
+@pytest.fixture(scope="module")
+def original(tf, trajectory):
+    o = Original(tf, layer_params(trajectory[0].params))
+    yield o
+    o.sess.close()
+
+
+# --- helpers -----------------------------------------------------------------------------------
+
+def flat_params(state) -> list[np.ndarray]:
+    return [np.asarray(a) for wb in layer_params(state.params) for a in wb]
+
+
+def excess(got, want, rtol, atol) -> float:
+    """max |got - want| / (atol + rtol |want|): <= 1 means within tolerance."""
+    return max(float(np.max(np.abs(np.asarray(g, np.float64) - w) / (atol + rtol * np.abs(w))))
+               for g, w in zip(got, want))
+
+
+def jax_step(state, b, metrics):
+    """One jaxmlp step from a copy of ``state`` (train_step donates its input)."""
+    new, m = train_step(jax.tree.map(jnp.copy, state), b, metrics=metrics)
+    return new, {k: float(v) for k, v in m.items()}
+
+
+def original_step(original, state, b):
+    """One step of the original from ``state``'s parameters: metrics before, params and
+    metrics after (its ``sess.run([accuracy, cross_entropy])`` after the train op)."""
+    original.set_params(layer_params(state.params))
+    before = original.metrics(b["image"], b["label"])
+    original.update(b["image"], b["label"])
+    after = original.metrics(b["image"], b["label"])
+    return before, original.params(), after
+
+
+def correct(accuracy, n: int) -> int:
+    """The count of correct images behind an accuracy (exact: the two sides divide the
+    count by n differently, XLA as a multiplication by 1/n, so the float32s may differ)."""
+    return round(float(accuracy) * n)
+
+
+def epsilon_shift(p_true: np.ndarray) -> float:
+    """How much the + 1e-10 moves the mean loss of these images (log(1 + eps/p) <= eps/p)."""
+    return float(np.mean(EPS_LOG / p_true))
+
+
+# --- the checks ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("step", CHECK_STEPS)
+def test_one_update_equals_the_originals(digits, trajectory, original, step):
+    state, b = trajectory[step], batch(digits, step)
+    old = flat_params(state)
+    _, tf_new, _ = original_step(original, state, b)
+    new, _ = jax_step(state, b, "after")
+    assert excess(flat_params(new), tf_new, PARAM_RTOL, PARAM_ATOL) <= 1
+
+    # The check can tell the plausible mistakes apart (SGD is linear in the learning rate,
+    # so each mistake's update is the original's update scaled):
+    #   lr 0.003 on the batch mean: 1/100 of the update; lr 0.3 on the batch sum: 100x.
+    for scale in (1 / 100, 100):
+        wrong = [o + scale * (t - o) for o, t in zip(old, tf_new)]
+        assert excess(wrong, tf_new, PARAM_RTOL, PARAM_ATOL) > 10, scale
+    # ... and the update is not lost in the tolerance: no update at all fails it too.
+    assert excess(old, tf_new, PARAM_RTOL, PARAM_ATOL) > 10
+
+
+def test_fifty_steps_give_the_same_losses(digits, trajectory, original):
+    state = jax.tree.map(jnp.copy, trajectory[0])
+    original.set_params(layer_params(state.params))
+    jax_losses, tf_losses, shifts = [], [], []
+    for step in range(50):
+        b = batch(digits, step)
+        state, m = train_step(state, b, metrics="after")
+        original.update(b["image"], b["label"])
+        _, ce, p_true = original.metrics(b["image"], b["label"])
+        jax_losses.append(float(m["loss"]))
+        tf_losses.append(ce / B)  # summed over the batch -> per image
+        shifts.append(epsilon_shift(p_true))
+        assert p_true.min() > EPS_LOG  # no image in the capped regime
+    np.testing.assert_allclose(jax_losses, tf_losses, rtol=TRAJECTORY_RTOL, atol=0)
+    assert max(shifts) < TRAJECTORY_RTOL * min(tf_losses) / 10  # the 1e-10 plays no part
+    assert np.mean(tf_losses[-10:]) < 0.8 * np.mean(tf_losses[:10])  # learning, not standing still
+
+
+@pytest.mark.parametrize("step", CHECK_STEPS)
+def test_after_metrics_are_the_originals_post_update_metrics(digits, trajectory, original, step):
+    state, b = trajectory[step], batch(digits, step)
+    tf_before, _, tf_after = original_step(original, state, b)
+    (acc_after, ce_after, p_after), (acc_before, ce_before, p_before) = tf_after, tf_before
+    loss_after, loss_before = ce_after / B, ce_before / B
+    tol_after = LOSS_ATOL + LOSS_RTOL * loss_after
+
+    _, after = jax_step(state, b, "after")
+    assert correct(after["accuracy"], B) == correct(acc_after, B)
+    assert abs(after["loss"] - loss_after) <= tol_after
+    assert p_after.min() > EPS_LOG and epsilon_shift(p_after) < tol_after / 10
+
+    # "before" is the original's pre-update read-out, which the check tells apart.
+    _, before = jax_step(state, b, "before")
+    assert correct(before["accuracy"], B) == correct(acc_before, B)
+    assert abs(before["loss"] - loss_before) <= LOSS_ATOL + LOSS_RTOL * loss_before
+    assert abs(before["loss"] - loss_after) > 10 * tol_after
+
+
+@pytest.mark.parametrize("step", CHECK_STEPS)
+def test_test_set_metrics_agree(digits, trajectory, original, step):
+    state = trajectory[step]
+    images, labels = digits["test"]
+    original.set_params(layer_params(state.params))
+    acc, ce, p_true = original.metrics(images, labels)
+    got = {k: float(v) for k, v in evaluate(state, jnp.asarray(images), jnp.asarray(labels)).items()}
+    assert correct(got["accuracy"], N_TEST) == correct(acc, N_TEST)
+    tol = LOSS_ATOL + LOSS_RTOL * ce / N_TEST
+    assert abs(got["loss"] - ce / N_TEST) <= tol
+    assert p_true.min() > EPS_LOG and epsilon_shift(p_true) < tol / 10
+    if step == CHECK_STEPS[-1]:  # the data are learnable, so the comparison is not vacuous
+        assert got["accuracy"] > 0.8
+
+
+def test_log_epsilon_matters_only_below_1e_10(tf):
+    """The original's loss -log(p + 1e-10) caps each image at -log(1e-10) ~= 23.03 and
+    (nearly) stops its gradient once p_true < 1e-10; jaxmlp's log-softmax keeps growing
+    with a full gradient. At ordinary probabilities the two agree."""
+    from jaxmlp.train import cross_entropy as jax_ce
+
+    tf1 = tf.compat.v1
+    g = tf.Graph()
+    with g.as_default():
+        logits = tf1.placeholder(tf.float32, [None, 10])
+        Y_ = tf1.placeholder(tf.float32, [None, 10])
+        Y = tf.nn.softmax(logits)
+        ce = -tf.reduce_sum(Y_ * tf1.log(Y + 1e-10), 1)  # the original's, per image
+        grad = tf.gradients(ce, logits)[0]
+    # True class 0; a wrong class ahead by `gap`: p_true ~ exp(-gap).
+    gaps = np.array([5.0, 13.0, 30.0, 40.0], np.float32)  # p_true ~ 7e-3, 2e-6, 9e-14, 4e-18
+    z = np.zeros((len(gaps), 10), np.float32)
+    z[:, 1] = gaps
+    onehot = np.eye(10, dtype=np.float32)[np.zeros(len(gaps), int)]
+    with tf1.Session(graph=g) as sess:
+        tf_loss, tf_grad = sess.run([ce, grad], {logits: z, Y_: onehot})
+    labels = jnp.zeros(len(gaps), jnp.int32)
+    jax_loss = np.asarray(jax_ce(jnp.asarray(z), labels))
+    jax_grad = np.asarray(jax.grad(lambda l: jax_ce(l, labels).sum())(jnp.asarray(z)))
+    cap = -math.log(EPS_LOG)  # 23.03
+
+    ordinary, tiny = gaps < cap, gaps > cap
+    np.testing.assert_allclose(tf_loss[ordinary], jax_loss[ordinary], rtol=1e-4)
+    np.testing.assert_allclose(tf_grad[ordinary], jax_grad[ordinary], rtol=1e-3, atol=1e-6)
+    # Below 1e-10: the original's loss stops at the cap and its gradient vanishes ...
+    assert np.all(tf_loss[tiny] <= cap + 1e-3)
+    assert np.all(np.abs(tf_grad[tiny]).max(1) < 1e-3)
+    # ... while jaxmlp's is the true -log p (= the gap here) with a full-size gradient.
+    np.testing.assert_allclose(jax_loss[tiny], gaps[tiny], rtol=1e-5)
+    assert np.all(np.abs(jax_grad[tiny]).max(1) > 0.99)
