@@ -1,19 +1,20 @@
-"""jaxmlp: Görner's 5-layer MNIST experiment as a pure, fused JAX module.
+"""jaxmlp: Görner's 2017 MNIST MLP ladder as a pure, fused JAX module.
 
-    from jaxmlp import Config, init_state, train_step, evaluate, train_and_evaluate
+    from jaxmlp import Config, TrainState, train_step, evaluate, train_and_evaluate
 
-Names are imported on first use, so ``jaxmlp.plot`` and ``jaxmlp.records``
-load without JAX.
+Names are imported on first use, so ``jaxmlp.config``, ``jaxmlp.history``,
+``jaxmlp.plot`` and ``jaxmlp.records`` load without JAX.
 """
 
 import importlib
 
 _PUBLIC = {
-    "Config": "config", "ConfigError": "config", "DATASETS": "config",
+    "Config": "config", "ConfigError": "config", "DATASETS": "config", "PRESETS": "config",
     "MLP": "model",
-    "TrainState": "train", "Data": "loop", "init_state": "train", "init_ensemble": "loop",
-    "train_step": "train", "evaluate": "train", "run_steps": "loop", "ensemble_run_steps": "loop",
-    "epoch_orders": "loop", "batch_at": "loop", "sgd": "train",
+    "TrainState": "train", "train_step": "train", "evaluate": "train", "predict": "train",
+    "cross_entropy": "train", "optimizer": "train",
+    "Data": "loop", "init_state": "loop", "init_run": "loop", "run_steps": "loop",
+    "epoch_orders": "loop", "batch_at": "loop",
     "train_and_evaluate": "run",
     "load_dataset": ("data", "load"), "Dataset": "data", "DataError": "data",
 }

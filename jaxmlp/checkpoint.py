@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 
 import jax
-import orbax.checkpoint as ocp
 
 from jaxmlp.records import RecordError
 from jaxmlp.train import TrainState
@@ -20,8 +19,12 @@ from jaxmlp.train import TrainState
 KEEP = 3  # checkpoints kept; older ones are deleted
 
 
-def manager(directory: str) -> ocp.CheckpointManager:
-    """The manager of a run's checkpoint folder (``RunFiles(...).checkpoints``)."""
+def manager(directory: str):
+    """The ``orbax.checkpoint.CheckpointManager`` of a run's checkpoint folder
+    (``RunFiles(...).checkpoints``). Orbax is imported here, not at module import:
+    it takes longer to import than JAX, and runs that never save never pay for it."""
+    import orbax.checkpoint as ocp
+
     options = ocp.CheckpointManagerOptions(max_to_keep=KEEP, create=True,
                                            enable_async_checkpointing=False)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options)
@@ -48,8 +51,10 @@ def _arrays(state: TrainState, history: dict) -> dict:
     return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
 
 
-def save(mngr: ocp.CheckpointManager, state: TrainState, history: dict) -> int:
+def save(mngr, state: TrainState, history: dict) -> int:
     """Save at the run's step (the furthest member's); returns that step."""
+    import orbax.checkpoint as ocp
+
     step = int(jax.device_get(state.step).max())
     if step not in mngr.all_steps():
         mngr.save(step, args=ocp.args.StandardSave(_arrays(state, history)))
@@ -57,9 +62,11 @@ def save(mngr: ocp.CheckpointManager, state: TrainState, history: dict) -> int:
     return step
 
 
-def restore(mngr: ocp.CheckpointManager, state: TrainState, history: dict) -> tuple[TrainState, dict]:
+def restore(mngr, state: TrainState, history: dict) -> tuple[TrainState, dict]:
     """Restore the latest checkpoint into the structure, dtypes and shardings of a fresh
     ``state`` and ``history``."""
+    import orbax.checkpoint as ocp
+
     step = latest_step(os.fspath(mngr.directory))
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state, history))
     try:

@@ -126,7 +126,7 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
         return Dataset(*cached[splits[0]], *cached[splits[1]], name, version, "cache", *splits)
     if os.path.isfile(_info_path(data_dir, name, version)):
         return _cache_and_return(_from_tfds(name, version, data_dir, splits, source="tfds",
-                                            cached=cached), data_dir)
+                                            cached=cached), data_dir, skip=cached)
     if manual_dir is not None:
         manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
         try:  # validate the decompressed content before TFDS touches anything
@@ -381,12 +381,15 @@ def _read_cache(data_dir: str, name: str, version: str, splits) -> dict:
     return out
 
 
-def _cache_and_return(ds: Dataset, data_dir: str) -> Dataset:
-    """Write ``ds`` to the warm cache (best effort) and return it."""
+def _cache_and_return(ds: Dataset, data_dir: str, skip=()) -> Dataset:
+    """Write ``ds``'s splits (but those in ``skip``, already cached) to the warm cache (best
+    effort) and return it."""
     token = _token(data_dir, ds.name, ds.version)
     try:
         for split, images, labels in ((ds.train_split, ds.train_images, ds.train_labels),
                                       (ds.test_split, ds.test_images, ds.test_labels)):
+            if split in skip:
+                continue
             path = _cache_path(data_dir, ds.name, ds.version, split)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             records.atomic_save_npz(path, {"images": images, "labels": labels, "token": np.str_(token)})

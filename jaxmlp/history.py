@@ -16,8 +16,9 @@ it, with numpy, so redrawing figures from saved records never imports JAX.
   weight_percentiles, bias_percentiles (E, L, P) float32   per-layer parameter distribution
   members (K,) str              optional names of an ensemble's members
 
-Entries not yet reached are NaN. An ensemble of K models has a leading K axis on
-every key but the shared ones (train_step, test_step, percentiles, members).
+Entries not yet reached are NaN; a diverged model's losses are +inf from its
+first bad step (its accuracies NaN). An ensemble of K models has a leading K axis
+on every key but the shared ones (train_step, test_step, percentiles, members).
 Every reader works on both: per-member results are lists of length K (1 for a
 single model). Keys outside ``SCHEMA`` pass through the readers untouched.
 """
@@ -213,8 +214,9 @@ def first_nonfinite_steps(history: dict) -> list[int | None]:
     """Per member, the first step whose loss is not finite, or None.
 
     The one rule every reader uses: the earlier of the first train step whose
-    train loss is NaN/inf and the first evaluation whose test loss is, looking
-    only at what has run (``completed_steps``), so NaN padding never counts.
+    train loss is non-finite and the first evaluation whose test loss is, looking
+    only at what has run (``completed_steps``). NaN marks entries not run yet;
+    ``jaxmlp.loop`` writes a diverged model's losses as +inf.
     """
     done, n_eval = completed_steps(history), _evaluations_run(history)
     first = np.full(num_members(history), np.inf)

@@ -16,6 +16,7 @@ of the means; they never stop the ladder.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -53,7 +54,7 @@ def run_ladder(dataset: str, *, out_dir: str | os.PathLike, seeds: int,
     data_dir, manual_dir, ...). Returns what ladder.json holds.
     """
     from jaxmlp import data as data_lib
-    from jaxmlp import run
+    from jaxmlp import plot, run  # noqa: F401 (plot: fail now, not after the training)
 
     log = log or (lambda text: None)
     started = time.perf_counter()
@@ -93,6 +94,7 @@ def run_ladder(dataset: str, *, out_dir: str | os.PathLike, seeds: int,
                  "test_split": getattr(data, "test_split", first.test_split),
                  "train_examples": int(len(data.train_labels)),
                  "test_examples": int(len(data.test_labels))},
+        "presets": list(rung_configs),  # the ladder's order (the file's keys are sorted)
         "seeds": list(first.seeds),
         "steps": first.steps,
         "batch_size": first.batch_size,
@@ -102,6 +104,27 @@ def run_ladder(dataset: str, *, out_dir: str | os.PathLike, seeds: int,
         "environment": records.environment(),
     }
     ladder["wall_seconds"] = time.perf_counter() - started  # before plotting: training and data
+    write(out, ladder, histories)
+    return ladder
+
+
+def rewrite(out_dir: str | os.PathLike) -> dict:
+    """Rewrite ladder.{json,md,png} of a finished ladder from its files, without training:
+    the rungs are re-read from their run folders' histories (after a change to the table or
+    the figure, say). Timings, data and environment are kept from ladder.json."""
+    out = Path(out_dir)
+    try:
+        ladder = json.loads((out / "ladder.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise records.RecordError(f"cannot read {out / 'ladder.json'}: {e}") from e
+    order = ladder.get("presets") or [name for name in PRESETS if name in ladder["rungs"]]
+    histories, rungs = {}, {}
+    for name in order:
+        old = ladder["rungs"][name]
+        histories[name] = records.load_run(old["run_dir"])[1]
+        rungs[name] = rung_result(Config.from_dict(old["config"]), histories[name], old["run_dir"],
+                                  old["wall_seconds"])
+    ladder = {**ladder, "presets": order, "rungs": rungs}
     write(out, ladder, histories)
     return ladder
 

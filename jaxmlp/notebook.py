@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from jaxmlp import history as hist
 from jaxmlp import report
@@ -92,10 +93,18 @@ def train(config: Config, *, dataset=None, live: bool = True, quiet: bool = Fals
     rep = kwargs.pop("reporter", None)
     if rep is None:
         rep = reporter(quiet=quiet) if live else report.Reporter(quiet=quiet)
-    result = _one_line(run.train_and_evaluate, config, dataset=dataset, quiet=quiet,
-                       reporter=rep, **kwargs)
-    if isinstance(rep, LiveReporter):
-        rep.finish(result.history)  # the last frame from the whole history: every curve
+    chart = rep if isinstance(rep, LiveReporter) else None
+    if chart is not None:
+        chart.draw_at_close = False  # one last frame, from the whole history, below
+    try:
+        result = _one_line(run.train_and_evaluate, config, dataset=dataset, quiet=quiet,
+                           reporter=rep, **kwargs)
+    except BaseException:
+        if chart is not None:
+            chart.flush()  # the chunks up to the failure
+        raise
+    if chart is not None:
+        chart.finish(result.history)
     if not quiet:
         for line in run.final_lines(result.summary, kwargs.get("out_dir")):
             print(line)
@@ -146,30 +155,37 @@ class LiveReporter(report.Reporter):
     accuracy and cross-entropy (test from every chunk; train when the run reports it),
     and per-layer weight and bias percentile bands.
 
-    Drawing is throttled: at most every ``min_interval`` seconds, and at most
-    ``max_share`` of the time since the last draw (an Agg render takes ~0.1 s, so a
-    run with fast chunks draws less often); the last chunk is always drawn by
-    ``close``. ``display`` is called with the PNG bytes of each frame (default: an
+    Drawing is throttled, since a frame costs ~0.1-0.2 s of CPU: a frame is drawn at
+    most every ``min_interval`` seconds, and only while all frames so far (this one
+    included, estimated as the last one's cost) took at most ``max_share`` of the time
+    since ``start``. ``close`` always draws the last chunk, unless ``draw_at_close`` is
+    False because ``finish`` will draw the last frame from the run's history (what
+    ``train`` does). ``display`` is called with the PNG bytes of each frame (default: an
     IPython display handle, created at the first frame and updated after).
     """
 
+    FIRST_FRAME_ESTIMATE = 0.15  # seconds: the first frame waits until the budget covers it
+
     def __init__(self, *, quiet: bool = False, stream=None, min_interval: float = 0.5,
-                 max_share: float = 0.03, display: Callable[[bytes], None] | None = None,
+                 max_share: float = 0.02, display: Callable[[bytes], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter):
         super().__init__(quiet=quiet, stream=stream)
         self.min_interval, self.max_share = min_interval, max_share
+        self.draw_at_close = True
         self._display = display or _DisplayHandle()
         self._clock = clock
         self.frames = 0  # frames drawn so far
         self.draw_seconds = 0.0  # time spent drawing them
+        self._pending = False
 
     def start(self, config, *, start_step: int = 0, examples_per_epoch: int = 60_000) -> None:
         super().start(config, start_step=start_step, examples_per_epoch=examples_per_epoch)
         self.total_steps = config.steps
         self._rows: list[dict] = []  # one per chunk: step, test metrics, alive, extras
         self._train_curve = None  # (steps, values) per metric once ``finish`` has the history
-        self._pending = False
-        self._next_draw = -math.inf
+        self._started = self._clock()
+        self._last_end = -math.inf  # when the last frame was done
+        self._last_cost = self.FIRST_FRAME_ESTIMATE
         self._fig = None
 
     def chunk(self, step: int, test_accuracy: np.ndarray, test_loss: np.ndarray,
@@ -181,20 +197,24 @@ class LiveReporter(report.Reporter):
                            **{k: _per_member(v, 0 if k.startswith("train") else 2)
                               for k, v in extra.items() if k in EXTRA_KEYS}})
         self._pending = True
-        if self._clock() >= self._next_draw:
+        now = self._clock()
+        if (now - self._last_end >= self.min_interval
+                and self.draw_seconds + self._last_cost <= self.max_share * (now - self._started)):
+            self._draw()
+
+    def flush(self) -> None:
+        """Draw the last chunk if it has not been drawn yet."""
+        if self._pending:
             self._draw()
 
     def close(self) -> None:
-        if getattr(self, "_pending", False):
-            self._draw()
+        if self.draw_at_close:
+            self.flush()
         super().close()
 
     def finish(self, history: dict) -> None:
-        """Redraw the last frame from the run's whole ``history`` (train curves and percentiles
-        from every evaluation), so the chart ends complete whatever the chunks reported.
-        Nothing to do (no extra frame) when the chunks already reported every ``EXTRA_KEYS``."""
-        if all(_stack(self._rows, k) is not None for k in EXTRA_KEYS):
-            return
+        """Draw the last frame from the run's whole ``history``: step 0, the train curves
+        per step and the percentiles at every evaluation, whatever the chunks reported."""
         steps, acc = hist.series(history, "test", "accuracy")
         _, loss = hist.series(history, "test", "loss")
         done = steps <= hist.completed_steps(history)
@@ -204,7 +224,7 @@ class LiveReporter(report.Reporter):
         self._rows = [{"step": int(s), "test_accuracy": acc[:, i], "test_loss": loss[:, i],
                        "alive": np.isfinite(loss[:, i]),
                        **{k: v[:, i] for k, v in pct.items()}}
-                      for i, s in enumerate(steps[done]) if s > 0]
+                      for i, s in enumerate(steps[done])]
         self._train_curve = {m: hist.series(history, "train", m) for m in ("accuracy", "loss")}
         self._draw()
 
@@ -213,27 +233,34 @@ class LiveReporter(report.Reporter):
     def _draw(self) -> None:
         t0 = self._clock()
         self._display(png_bytes(self.figure()))
-        took = self._clock() - t0
+        self._last_end = self._clock()
+        self._last_cost = self._last_end - t0
         self.frames += 1
-        self.draw_seconds += took
+        self.draw_seconds += self._last_cost
         self._pending = False
-        self._next_draw = t0 + took + max(self.min_interval, took / self.max_share)
 
     def figure(self) -> Figure:
         """The current frame: accuracy, cross-entropy, weight and bias percentiles.
 
         One figure is kept and only its data artists are replaced at each frame: the
-        axes, ticks and labels are reused, which halves the time of a frame.
+        axes, ticks and titles are reused. Text is most of a frame's cost, so there are
+        two legends (the bottom-right panel's colours match its neighbour's), step labels
+        only on the bottom row, and titles at a fixed height (no layout pass per frame).
         """
         if self._fig is None:
             self._fig = Figure(figsize=(10, 6.4), dpi=80)
             # Fixed margins: a constrained layout would cost as much as the drawing itself.
-            self._fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.08, hspace=0.38,
+            self._fig.subplots_adjust(left=0.07, right=0.98, top=0.9, bottom=0.08, hspace=0.25,
                                       wspace=0.18)
-            for ax in self._fig.subplots(2, 2).flat:
+            titles = ("accuracy", "cross-entropy per image", "weights: median and 10–90% per layer",
+                      "biases: median and 10–90% per layer")
+            for ax, title in zip(self._fig.subplots(2, 2, sharex=True).flat, titles):
                 ax.set_xlim(0, self.total_steps)
+                ax.xaxis.set_major_locator(MaxNLocator(5))  # fewer tick labels: cheaper frames
+                ax.yaxis.set_major_locator(MaxNLocator(5))
                 ax.grid(True, alpha=0.3)
                 ax.tick_params(labelsize=8)
+                ax.set_title(title, fontsize=10, y=1.0)
             for ax in self._fig.axes[2:]:
                 ax.set_xlabel("training step", fontsize=9)
         ax_acc, ax_loss, ax_w, ax_b = self._fig.axes
@@ -246,9 +273,8 @@ class LiveReporter(report.Reporter):
         steps = np.asarray([r["step"] for r in rows])
         for ax, metric in ((ax_acc, "accuracy"), (ax_loss, "loss")):
             self._draw_metric(ax, steps, rows, metric)
-        for ax, key, name in ((ax_w, "weight_percentiles", "weights"),
-                              (ax_b, "bias_percentiles", "biases")):
-            _draw_layers(ax, steps, _stack(rows, key), name)
+        _draw_layers(ax_w, steps, _stack(rows, "weight_percentiles"), legend=True)
+        _draw_layers(ax_b, steps, _stack(rows, "bias_percentiles"), legend=False)
         self._fig.suptitle(self._title(steps, rows), fontsize=11)
         return self._fig
 
@@ -277,8 +303,8 @@ class LiveReporter(report.Reporter):
                 ax.set_ylim(max(0.0, min(0.85, math.floor((late.min() - 0.02) * 20) / 20)), 1.005)
             elif late.size:  # the late loss range, as the seed's zoomed panel
                 ax.set_ylim(0, max(3 * float(np.median(late)), 1e-3))
-            ax.legend(loc="lower right" if metric == "accuracy" else "upper right", fontsize=8)
-        ax.set_title("accuracy" if metric == "accuracy" else "cross-entropy per image", fontsize=10)
+            if metric == "accuracy":
+                ax.legend(loc="lower right", fontsize=8)
 
     def _title(self, steps: np.ndarray, rows: list[dict]) -> str:
         if not rows:
@@ -323,9 +349,8 @@ def _per_member(value, ndim: int) -> np.ndarray:
     return value.reshape(-1, *value.shape[value.ndim - ndim:]) if ndim else value.reshape(-1)
 
 
-def _draw_layers(ax, steps: np.ndarray, values: np.ndarray | None, name: str) -> None:
+def _draw_layers(ax, steps: np.ndarray, values: np.ndarray | None, *, legend: bool) -> None:
     """Per layer: the 10–90% band and the median of its values; an ensemble's members averaged."""
-    ax.set_title(f"{name}: percentiles per layer", fontsize=10)
     if values is None or not steps.size:
         ax.text(0.5, 0.5, "not reported during the run\n(shown when it ends)", ha="center",
                 va="center", transform=ax.transAxes, color="0.5", fontsize=9)
@@ -338,8 +363,8 @@ def _draw_layers(ax, steps: np.ndarray, values: np.ndarray | None, name: str) ->
         ax.fill_between(steps, pct[:, layer, lo], pct[:, layer, hi], color=color, alpha=0.18,
                         linewidth=0)
         ax.plot(steps, pct[:, layer, mid], color=color, linewidth=1.2, label=f"layer {layer + 1}")
-    ax.legend(loc="upper left", fontsize=7, ncols=min(pct.shape[1], 5), title="median, 10–90%",
-              title_fontsize=7)
+    if legend:
+        ax.legend(loc="upper left", fontsize=7, ncols=min(pct.shape[1], 5))
 
 
 # --- the seed notebook's pictures and numbers ----------------------------------------------------
@@ -352,14 +377,37 @@ def example_figure(dataset, index: int = 0) -> Figure:
     ax = fig.subplots()
     ax.imshow(dataset.train_images[index], cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(f"label {label}" + (f": {names[label]}" if names else ""), fontsize=10)
+    name = names[label] if names else str(label)
+    ax.set_title(f"label {label}" + (f": {name}" if name != str(label) else ""), fontsize=10)
     return fig
+
+
+def describe_model(config: Config) -> str:
+    """The shapes of the model's parameters, layer by layer, and their count; from a trace
+    of the initialisation (``jax.eval_shape``): nothing is computed or compiled."""
+    import jax
+
+    from jaxmlp import loop
+
+    state = jax.eval_shape(lambda: loop.init_state(jax.random.key(config.seed), config))
+    layers: dict[tuple, dict] = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state.params):
+        names = [getattr(k, "key", getattr(k, "name", k)) for k in path]
+        names = [n for n in names if n != "value"]  # the nnx.Variable's own attribute
+        layers.setdefault(tuple(names[:-1]), {})[names[-1]] = tuple(leaf.shape)
+    lines = [f"layer {i}: " + ", ".join(f"{name} {shape}" for name, shape in
+                                        sorted(arrays.items(), reverse=True))  # kernel, bias
+             for i, arrays in enumerate(layers.values(), 1)]
+    count = sum(math.prod(shape) for arrays in layers.values() for shape in arrays.values())
+    lines.append(f"{count:,} parameters; {config.optimizer} at learning rate "
+                 f"{config.learning_rate:g} on the batch-mean cross-entropy, batch {config.batch_size}")
+    return "\n".join(lines)
 
 
 def loss_convention(config: Config, dataset, *, batch_size: int = 100) -> float:
     """The largest parameter difference between jaxmlp's first update (batch-mean loss at
     ``config.learning_rate``) and the 2017 program's (batch-summed loss at that rate divided
-    by ``batch_size``), on the first training batch of ``dataset``: ~1e-8 (float rounding)."""
+    by ``batch_size``), on the first training batch of ``dataset``: float rounding only."""
     import jax
     import optax
 
@@ -368,19 +416,24 @@ def loss_convention(config: Config, dataset, *, batch_size: int = 100) -> float:
     if config.optimizer != "sgd" or config.dropout:
         raise Stopped("error: the 2017 loss convention is shown on a plain SGD rung "
                       "without dropout (softmax or relu)")
-    state = loop.init_state(jax.random.key(config.seed), config)
+
+    @jax.jit  # one program for both updates: op-by-op dispatch would compile every op
+    def largest_difference(key, batch):
+        state = loop.init_state(key, config)
+
+        def summed(params):  # the original's loss: cross-entropy summed over the batch
+            logits, _ = train.forward(state, params, batch["image"], train=False)
+            return train.cross_entropy(logits, batch["label"]).sum()
+
+        tx = optax.sgd(config.learning_rate / batch_size)
+        updates, _ = tx.update(jax.grad(summed)(state.params), tx.init(state.params))
+        original = optax.apply_updates(state.params, updates)
+        ours, _ = train.train_step(state, batch)
+        diffs = jax.tree.map(lambda a, b: jax.numpy.max(jax.numpy.abs(a - b)), ours.params, original)
+        return jax.numpy.max(jax.numpy.stack(jax.tree.leaves(diffs)))
+
     batch = {"image": dataset.train_images[:batch_size], "label": dataset.train_labels[:batch_size]}
-
-    def summed(params):  # the original's loss: cross-entropy summed over the batch
-        logits, _ = train.forward(state, params, batch["image"], train=False)
-        return train.cross_entropy(logits, batch["label"]).sum()
-
-    tx = optax.sgd(config.learning_rate / batch_size)
-    updates, _ = tx.update(jax.grad(summed)(state.params), tx.init(state.params))
-    original = optax.apply_updates(state.params, updates)
-    ours, _ = train.train_step(state, batch)  # donates ``state``: used last
-    return max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-               for a, b in zip(jax.tree.leaves(ours.params), jax.tree.leaves(original)))
+    return float(largest_difference(jax.random.key(config.seed), batch))
 
 
 def findings(result) -> dict:

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from PIL import Image
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
@@ -52,7 +53,9 @@ _DIGIT_COLS = 4
 
 
 def _figure(size: tuple[int, int]) -> Figure:
-    return Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
+    # Fixed margins (gridspec_kw below), no layout engine: constrained layout measured every
+    # tick label of every axes and took most of the dashboard's drawing time.
+    return Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
 
 
 # --- limits -----------------------------------------------------------------------
@@ -186,7 +189,8 @@ def _curves_figure(histories, labels, members, metric: str) -> Figure:
     runs = _runs(histories, labels, members)
     hs = [r[1] for r in runs]
     fig = _figure(CURVES_SIZE)
-    full, zoom = fig.subplots(1, 2)
+    full, zoom = fig.subplots(1, 2, gridspec_kw=dict(left=0.06, right=0.975, bottom=0.11, top=0.86,
+                                                     wspace=0.15))
     _draw_panels((full, zoom), runs, (metric, metric))
     if metric == "accuracy":
         title, loc = "Accuracy", "lower right"
@@ -262,17 +266,24 @@ def _percentile_legend(levels: np.ndarray, color: str) -> list:
 
 
 def _draw_digits(sub, misclassified: dict) -> None:
-    images = np.asarray(misclassified["image"])
+    """The first ``MAX_DIGITS`` digits as one mosaic image in one axes (one axes per digit
+    made the dashboard's layout several times slower), "pred X / true Y" above each."""
+    images = np.asarray(misclassified["image"]).reshape(-1, 28, 28)
     predicted = np.asarray(misclassified["predicted"]).reshape(-1)
     label = np.asarray(misclassified["label"]).reshape(-1)
     n = min(len(images), MAX_DIGITS)
     rows = math.ceil(MAX_DIGITS / _DIGIT_COLS)  # fixed grid: digits keep one size whatever n is
-    axes = sub.subplots(rows, _DIGIT_COLS, squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.set_axis_off()
-        if i < n:
-            ax.imshow(images[i].reshape(28, 28), cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
-            ax.set_title(f"pred {int(predicted[i])} / true {int(label[i])}", fontsize=9, color="firebrick")
+    cell_w, cell_h = 28 + 8, 28 + 14  # gutters; the taller one holds the caption
+    mosaic = np.zeros((rows * cell_h, _DIGIT_COLS * cell_w), np.uint8)
+    ax = sub.subplots(gridspec_kw=dict(left=0.02, right=0.98, bottom=0.02, top=0.9))
+    ax.set_axis_off()
+    for i in range(n):
+        r, c = divmod(i, _DIGIT_COLS)
+        y, x = r * cell_h + 12, c * cell_w + 4
+        mosaic[y:y + 28, x:x + 28] = images[i]
+        ax.text(x + 14, y - 2, f"pred {int(predicted[i])} / true {int(label[i])}", fontsize=9,
+                color="firebrick", ha="center", va="bottom")
+    ax.imshow(mosaic, cmap="gray_r", vmin=0, vmax=255, interpolation="nearest")
     sub.suptitle(f"misclassified test digits ({n} of {len(images)})")
 
 
@@ -289,7 +300,8 @@ def _draw_percentile_rows(sub, history: dict, last: int) -> None:
             for key in _PERCENTILE_ROWS}
     n = min(steps.size, *(v.shape[0] for v in rows.values()))
     n_layers = rows["weight_percentiles"].shape[1]
-    axes = sub.subplots(len(rows), n_layers, sharex=True, squeeze=False)
+    axes = sub.subplots(len(rows), n_layers, sharex=True, squeeze=False, gridspec_kw=dict(
+        left=0.07, right=0.98, bottom=0.17, top=0.88, wspace=0.35, hspace=0.35))
     for r, (key, v) in enumerate(rows.items()):
         name, color = _PERCENTILE_ROWS[key]
         for layer, ax in enumerate(axes[r]):
@@ -304,7 +316,7 @@ def _draw_percentile_rows(sub, history: dict, last: int) -> None:
     mean_note = f", mean over {k} members" if k > 1 else ""
     sub.suptitle(f"parameter percentiles per layer at each evaluation{mean_note}", fontsize=11)
     handles = _percentile_legend(levels, "0.35")  # one grey key serves both colours
-    sub.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8)
+    sub.legend(handles=handles, loc="lower center", ncols=len(handles), fontsize=8)
 
 
 def _dashboard_title(history: dict, label: str | None) -> str:
@@ -344,7 +356,8 @@ def dashboard_figure(history: dict, misclassified: dict | None = None, label: st
         top, bottom = left.subfigures(2, 1, height_ratios=[1, 1.35])
         _draw_percentile_rows(bottom, history, hist.last_step(history))
 
-    ax_acc, ax_loss = top.subplots(1, 2)
+    ax_acc, ax_loss = top.subplots(1, 2, gridspec_kw=dict(left=0.07, right=0.98, bottom=0.12,
+                                                           top=0.82, wspace=0.15))
     _draw_panels((ax_acc, ax_loss), runs, ("accuracy", "loss"))
     ax_acc.set_ylim(_accuracy_zoom_bottom([history]), 1.005)
     ax_acc.set_title("accuracy")
@@ -365,11 +378,13 @@ def dashboard_figure(history: dict, misclassified: dict | None = None, label: st
 def png_bytes(fig: Figure) -> bytes:
     """Render ``fig`` with the Agg canvas at its own dpi, untrimmed: inches x ``DPI`` pixels.
 
-    ``print_png`` draws once, layout included; ``savefig`` would draw twice (a layout
-    pass first) for the same bytes, a third slower.
+    One draw, then Pillow's fastest zlib level: the default level took longer than
+    drawing the curves, for files only somewhat smaller.
     """
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
     buf = io.BytesIO()
-    FigureCanvasAgg(fig).print_png(buf)
+    Image.fromarray(np.asarray(canvas.buffer_rgba())).save(buf, format="png", compress_level=1)
     return buf.getvalue()
 
 

@@ -9,6 +9,7 @@ checkpoints and honours Ctrl-C/SIGTERM; everything else stays on the device.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import threading
@@ -87,6 +88,8 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
     clock = {"started": time.perf_counter() if started is None else started}
     with _signals() as stop:
         out_dir = _prepare_folder(config, out_dir, resume=resume, overwrite=overwrite)
+        if out_dir is not None:
+            _import_in_background("orbax.checkpoint", "jaxmlp.plot")  # needed only later
         dataset = dataset or data.load(config.dataset, data_dir=config.data_dir,
                                        manual_dir=config.manual_dir, train_split=config.train_split,
                                        test_split=config.test_split, progress=not quiet)
@@ -297,6 +300,14 @@ def _finish(config: Config, outcome: _Outcome, summary: dict, out_dir, stop) -> 
         raise Interrupted(f"interrupted after training had finished; the records were completed "
                           f"in {where}", stop.signum)
     return result
+
+
+def _import_in_background(*modules: str) -> None:
+    # Orbax and matplotlib take about as long to import as JAX; a thread imports them while
+    # the data loads, the programs compile and the model trains (mostly outside the GIL).
+    # Python's import lock makes a later ``import`` of the same module wait for this one.
+    threading.Thread(target=lambda: [importlib.import_module(m) for m in modules],
+                     daemon=True).start()
 
 
 def _stop_if_signalled(stop, when: str) -> None:

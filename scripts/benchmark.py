@@ -5,7 +5,7 @@
     python scripts/benchmark.py --batch-sizes 100,1000 --hidden 200,100,60,30 --hidden 1024,1024
     python scripts/benchmark.py --startup --json bench.json --plot bench.png
     python scripts/benchmark.py --quick --whole-run --dataset fashion_mnist \\
-        --manual-dir /usr/share/datasets/fashion-mnist --data-dir /tmp/tfds   # + the whole default run vs 2017
+        --manual-dir /usr/share/datasets/fashion-mnist --data-dir /tmp/tfds  # + whole run vs 2017
     python scripts/benchmark.py --suite accelerator --json docs/benchmark-h200.json \\
         --plot docs/benchmark-h200.png [--data-npz fashion_mnist.npz]        # one GPU, under 8 minutes
 
@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
                    help="hidden widths, comma-separated; repeat to sweep widths (default: 200,100,60,30)")
     p.add_argument("--ensemble-sizes", type=_ints,
                    help="ensemble sizes K, each measured as K seeds and as K learning rates "
-                        "(default: 1,4 on CPU, 1,4,16,64 elsewhere; accelerator: 1,2,4,...,1024)")
+                        "(default: 1,4 on CPU, 1,4,16,64 elsewhere; accelerator: 1,4,16,64,256,1024)")
     p.add_argument("--variants", type=lambda t: tuple(v for v in t.split(",") if v),
                    help=f"paths to time (default: all of {','.join(bench.VARIANTS)})")
     p.add_argument("--repeats", type=int, help="timed repeats per path (default: 5; accelerator: 3)")
@@ -70,7 +70,8 @@ def parser() -> argparse.ArgumentParser:
                    help="also time the whole default run of scripts/train.py, part by part, and "
                         "Görner's 2017 TF1 program on the same data (needs TensorFlow)")
     p.add_argument("--dataset", help="--whole-run's dataset (default: fashion_mnist)")
-    p.add_argument("--manual-dir", help="--whole-run's IDX files (default: /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--manual-dir",
+                   help="--whole-run's IDX files (default: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--data-dir", help="--whole-run's TFDS data dir (default: a fresh temporary one)")
     p.add_argument("--whole-run-steps", type=int, help="--whole-run's steps (default: 10000)")
     p.add_argument("--num-seeds", type=int, help="accelerator (e): seeds in one ensemble (default: 1000)")
@@ -79,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
                    help="accelerator (d), (e): an .npz with train_images uint8 (N,28,28), "
                         "train_labels, test_images, test_labels (default: learnable synthetic data)")
     p.add_argument("--budget", type=float,
-                   help="accelerator: seconds for the whole suite, shared out among its parts (default: 450)")
+                   help="accelerator: seconds for the whole suite, shared out among its parts (default: 420)")
     p.add_argument("--json", metavar="PATH", help="write every figure as JSON")
     p.add_argument("--plot", metavar="PATH", help="write a PNG of the figures")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -1,7 +1,7 @@
 """Agreement across seeds on real data: jaxmlp against the 2017 program, on Fashion-MNIST.
 
     python scripts/fidelity.py --data-dir /tmp/tfds --manual-dir /usr/share/datasets/fashion-mnist
-    python scripts/fidelity.py --data-dir /tmp/tfds --steps 200 --seeds 0,1 --out /tmp/f.md  # a quick try
+    python scripts/fidelity.py --data-dir /tmp/tfds --steps 200 --seeds 0,1 --out /tmp/f.md  # try
 
 Trains jaxmlp once as an ensemble of one model per seed
 (``Config(dataset="fashion_mnist", train_split="train[5000:]", train_metrics="after",
@@ -10,9 +10,12 @@ seed, each with its own ``tf.set_random_seed`` (its truncated-normal draw) and
 its own numpy shuffle, on the same 55,000 training and 10,000 test images, with
 metrics read after each update as the original does. Writes a Markdown report
 (default ``docs/fidelity.md``): final test accuracy and cross-entropy per seed,
-mean ± std per side, Welch's t-test, and how the numbers were produced. Takes
-minutes on a CPU; not run in CI (``tests/test_seed_oracle.py`` is the fast,
-exact check).
+mean ± std per side and Welch's t-test, over all seeds and over the runs that
+did not collapse; for each collapsed original run, where it blew up, how much of
+the test set then sits in the capped-loss regime (p_true < 1e-10), and whether
+jaxmlp's loss recovers from the same state; and how the numbers were produced.
+Takes minutes on a CPU; not run in CI (``tests/test_seed_oracle.py`` is the
+fast, exact check).
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ TEST_SPLIT = "test"
 B = 100
 LR_ORIGINAL = 0.003  # GradientDescentOptimizer on the loss summed over the batch
 EVAL_EVERY = 100  # the original scores the whole test set every 100 steps
+CHANCE = 0.1
+COLLAPSED_BELOW = 0.2  # final test accuracy under this (chance is 0.1): the run collapsed
+BLOW_UP_LOSS = 10.0  # a post-update minibatch cross-entropy per image above this: a blow-up
+RECOVERY_STEPS = 1000  # steps a collapsed original run is continued with the stable loss
 
 
 # --- the original program, ported to tf.compat.v1 ------------------------------------------------
@@ -81,31 +88,70 @@ def run_original(tf, seed: int, steps: int, train_x, train_y, test_x, test_y) ->
         accuracy = tf.reduce_mean(tf.cast(correct_prediction, tf.float32))
         train_step = tf1.train.GradientDescentOptimizer(LR_ORIGINAL).minimize(cross_entropy)
         init = tf1.global_variables_initializer()
+        # Not in the original: read-outs for the report.
+        p_true = tf.reduce_sum(Y_ * Y, 1)
+        variables = [W1, B1, W2, B2, W3, B3, W4, B4, W5, B5]
 
     shuffle = np.random.RandomState(seed)
     n = len(train_x)
     per_epoch = n // B
     order = np.arange(n)  # the first epoch is not shuffled
     train_loss, train_acc, test_steps, test_acc, test_loss = [], [], [], [], []
+    batches, blow_up = [], None
     with tf1.Session(graph=graph) as sess:
         sess.run(init)
         for i in range(steps):
             if i and i % per_epoch == 0:  # "Finished epoch ... Shuffle the data"
                 order = shuffle.permutation(n)
             idx = order[(i % per_epoch) * B:(i % per_epoch + 1) * B]
+            batches.append(idx)
             feed = {X: train_x[idx], Y_: train_y[idx]}
             sess.run(train_step, feed)
             a, c = sess.run([accuracy, cross_entropy], feed)  # post-update, as the original
             train_acc.append(a)
             train_loss.append(c / B)  # per image, as jaxmlp records it
+            if blow_up is None and not c / B <= BLOW_UP_LOSS:
+                blow_up = {"step": i + 1, "loss": c / B, "params": sess.run(variables)}
             if (i + 1) % EVAL_EVERY == 0:
                 a, c = sess.run([accuracy, cross_entropy], {X: test_x, Y_: test_y})
                 test_steps.append(i + 1)
                 test_acc.append(a)
                 test_loss.append(c / len(test_x))
-    return {"train_loss": np.asarray(train_loss), "train_accuracy": np.asarray(train_acc),
-            "test_step": np.asarray(test_steps), "test_accuracy": np.asarray(test_acc),
-            "test_loss": np.asarray(test_loss)}
+        capped = float(np.mean(sess.run(p_true, {X: test_x, Y_: test_y}) < 1e-10))
+    out = {"train_loss": np.asarray(train_loss), "train_accuracy": np.asarray(train_acc),
+           "test_step": np.asarray(test_steps), "test_accuracy": np.asarray(test_acc),
+           "test_loss": np.asarray(test_loss), "test_capped_fraction": capped, "blow_up": blow_up}
+    if blow_up is not None:
+        after = batches[blow_up["step"]:blow_up["step"] + RECOVERY_STEPS]
+        out["recovery"] = continue_stable(tf, blow_up["params"], after, train_x, train_y,
+                                          test_x, test_y)
+    return out
+
+
+def continue_stable(tf, params, batches, train_x, train_y, test_x, test_y) -> dict:
+    """From ``params`` (the original's state after a blow-up), the original's next batches
+    with jaxmlp's loss instead: the stable log-softmax cross-entropy (summed, lr 0.003)."""
+    tf1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        X = tf1.placeholder(tf.float32, [None, 28, 28, 1])
+        Y_ = tf1.placeholder(tf.float32, [None, 10])
+        v = [tf1.Variable(p) for p in params]
+        h = tf.reshape(X, [-1, 784])
+        for W, b in zip(v[0:8:2], v[1:8:2]):
+            h = tf.nn.relu(tf.matmul(h, W) + b)
+        logits = tf.matmul(h, v[8]) + v[9]
+        loss = tf.reduce_sum(tf.nn.softmax_cross_entropy_with_logits(labels=Y_, logits=logits))
+        correct = tf.equal(tf.argmax(logits, 1), tf.argmax(Y_, 1))
+        accuracy = tf.reduce_mean(tf.cast(correct, tf.float32))
+        step = tf1.train.GradientDescentOptimizer(LR_ORIGINAL).minimize(loss)
+        init = tf1.global_variables_initializer()
+    with tf1.Session(graph=graph) as sess:
+        sess.run(init)
+        for idx in batches:
+            sess.run(step, {X: train_x[idx], Y_: train_y[idx]})
+        a, c = sess.run([accuracy, loss], {X: test_x, Y_: test_y})
+    return {"steps": len(batches), "test_accuracy": float(a), "test_loss": float(c) / len(test_x)}
 
 
 # --- statistics --------------------------------------------------------------------------------
@@ -114,6 +160,8 @@ def welch(a, b) -> dict:
     """Welch's t-test of mean(a) == mean(b): t, Welch-Satterthwaite df, two-sided p."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    if va + vb == 0:  # every run identical on both sides
+        return {"t": math.nan, "df": math.nan, "p": 1.0 if a.mean() == b.mean() else 0.0}
     t = (a.mean() - b.mean()) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     return {"t": t, "df": df, "p": t_two_sided_p(t, df)}
@@ -135,7 +183,27 @@ def t_two_sided_p(t: float, df: float) -> float:
 
 def mean_std(v) -> str:
     v = np.asarray(v, np.float64)
+    if len(v) == 0:
+        return "–"
     return f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if len(v) > 1 else f"{v.mean():.4f}"
+
+
+def collapsed(side: dict) -> np.ndarray:
+    """Which runs collapsed: a non-finite loss, or a final test accuracy near chance."""
+    acc = np.asarray(side["test_accuracy"], np.float64)
+    return ~np.isfinite(acc) | ~np.isfinite(side["test_loss"]) | (acc < COLLAPSED_BELOW)
+
+
+def comparison_rows(label: str, jax_side: dict, tf_side: dict, keep_jax, keep_tf) -> list[str]:
+    rows = []
+    for metric, name in (("test_accuracy", "final test accuracy"),
+                         ("test_loss", "final test cross-entropy (per image)")):
+        a, b = jax_side[metric][keep_jax], tf_side[metric][keep_tf]
+        w = welch(a, b) if min(len(a), len(b)) > 1 else None
+        test = f"{w['t']:.2f} ({w['df']:.1f}) | {w['p']:.2f}" if w else "– | –"
+        rows.append(f"| {name}, {label} | {mean_std(a)} (n={len(a)}) | {mean_std(b)} (n={len(b)}) "
+                    f"| {test} |")
+    return rows
 
 
 # --- the record ----------------------------------------------------------------------------------
@@ -171,25 +239,54 @@ def versions() -> str:
     return f"Python {platform.python_version()}, " + ", ".join(found)
 
 
-def report(args, seeds, jax_side, tf_side, timings, overlap, n_train, n_test, jax_env) -> str:
-    acc = welch(jax_side["test_accuracy"], tf_side["test_accuracy"])
-    loss = welch(jax_side["test_loss"], tf_side["test_loss"])
-    verdict = lambda w: ("no significant difference at the 5% level" if w["p"] >= 0.05
-                         else "a significant difference at the 5% level")
-    rows = [
-        "| | jaxmlp (one ensemble run) | original (`tf.compat.v1` port) | Welch's t (df) | p |",
-        "|---|---|---|---|---|",
-        f"| final test accuracy | {mean_std(jax_side['test_accuracy'])} | "
-        f"{mean_std(tf_side['test_accuracy'])} | {acc['t']:.2f} ({acc['df']:.1f}) | {acc['p']:.2f} |",
-        f"| final test cross-entropy (per image) | {mean_std(jax_side['test_loss'])} | "
-        f"{mean_std(tf_side['test_loss'])} | {loss['t']:.2f} ({loss['df']:.1f}) | {loss['p']:.2f} |",
-        f"| training cross-entropy, mean of the last 100 steps (per image) | "
-        f"{mean_std(jax_side['late_train_loss'])} | {mean_std(tf_side['late_train_loss'])} | | |",
-    ]
+def report(args, seeds, jax_side, tf_side, tf_runs, timings, overlap, n_train, n_test, env) -> str:
+    bad_jax, bad_tf = collapsed(jax_side), collapsed(tf_side)
+    everyone = np.ones(len(seeds), bool)
+    rows = ["| | jaxmlp (one ensemble run) | original (`tf.compat.v1` port) | Welch's t (df) | p |",
+            "|---|---|---|---|---|"]
+    rows += comparison_rows("all seeds", jax_side, tf_side, everyone, everyone)
+    if bad_jax.any() or bad_tf.any():
+        rows += comparison_rows("runs that did not collapse", jax_side, tf_side, ~bad_jax, ~bad_tf)
+    rows.append(f"| training cross-entropy, mean of the last 100 steps (per image), runs that did "
+                f"not collapse | {mean_std(jax_side['late_train_loss'][~bad_jax])} | "
+                f"{mean_std(tf_side['late_train_loss'][~bad_tf])} | | |")
+    kept_jax, kept_tf = jax_side["test_accuracy"][~bad_jax], tf_side["test_accuracy"][~bad_tf]
+    acc = welch(kept_jax, kept_tf) if min(len(kept_jax), len(kept_tf)) > 1 else None
+    verdict = ("too few runs left to compare" if acc is None else
+               f"{'no significant difference' if acc['p'] >= 0.05 else 'a significant difference'} "
+               f"at the 5% level (p = {acc['p']:.2f}; difference of means "
+               f"{kept_jax.mean() - kept_tf.mean():+.4f})")
+    collapse_lines = [
+        f"Collapsed runs (final test accuracy below {COLLAPSED_BELOW}, chance being {CHANCE}, or a "
+        f"non-finite loss): jaxmlp {int(bad_jax.sum())} of {len(seeds)}, original "
+        f"{int(bad_tf.sum())} of {len(seeds)}."]
+    for seed, run, bad in zip(seeds, tf_runs, bad_tf):
+        if not bad:
+            continue
+        line = f"Original seed {seed}: "
+        if run["blow_up"] is not None:
+            line += (f"first blew up at step {run['blow_up']['step']:,} (minibatch cross-entropy "
+                     f"{run['blow_up']['loss']:.1f} per image right after that update); ")
+        line += (f"at the end {run['test_capped_fraction']:.0%} of the test images have "
+                 f"p_true < 1e-10, where the original's loss is capped at -log(1e-10) = 23.03 and "
+                 f"its gradient vanishes.")
+        if "recovery" in run:
+            r = run["recovery"]
+            recovered = math.isfinite(r["test_loss"]) and r["test_accuracy"] >= COLLAPSED_BELOW
+            outcome = (f"test accuracy {r['test_accuracy']:.4f}" if math.isfinite(r["test_loss"])
+                       else "a non-finite loss (jaxmlp would report it as diverged)")
+            line += (f" Continued from the state right after the blow-up for {r['steps']:,} of the "
+                     f"same batches with jaxmlp's loss (stable log-softmax) instead, it ends with "
+                     f"{outcome}: ")
+            line += ("so here the 1e-10 is what keeps the original stuck." if recovered else
+                     "it does not recover either, so the blow-up comes from the learning rate; "
+                     "the 1e-10 only decides how the run fails after it.")
+        collapse_lines.append(line)
     per_seed = ["| seed | jaxmlp test accuracy | original test accuracy |", "|---|---|---|"]
     per_seed += [f"| {s} | {a:.4f} | {b:.4f} |"
                  for s, a, b in zip(seeds, jax_side["test_accuracy"], tf_side["test_accuracy"])]
-    command = "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+    command = " ".join(shlex.quote(a) for a in ["python", os.path.relpath(sys.argv[0]), *sys.argv[1:]])
+    now = datetime.datetime.now(datetime.timezone.utc)
     steps = args.steps
     return "\n".join([
         "# Fidelity: jaxmlp against the 2017 program, across seeds",
@@ -199,26 +296,25 @@ def report(args, seeds, jax_side, tf_side, timings, overlap, n_train, n_test, ja
         f"images), minibatch metrics read after each update on both sides. Per seed, "
         f"the original draws its own truncated-normal weights (`tf.set_random_seed`) and "
         f"its own numpy shuffles (from the second epoch; the first is in data order, as "
-        f"its reader does); jaxmlp draws both from the seed's JAX key, so the two "
-        f"sides share no random numbers: this compares the distributions of outcomes. "
-        f"(The exact, step-by-step agreement from shared parameters and batches is "
+        f"its reader does); jaxmlp draws both from the seed's JAX key, so the two sides "
+        f"share no random numbers: this compares the distributions of outcomes. (The "
+        f"exact, step-by-step agreement from shared parameters and batches is "
         f"`tests/test_seed_oracle.py`.)",
         "",
         *rows,
         "",
-        f"Final test accuracy: {verdict(acc)} (difference of means "
-        f"{np.mean(jax_side['test_accuracy']) - np.mean(tf_side['test_accuracy']):+.4f}). "
-        f"Final test cross-entropy: {verdict(loss)}.",
+        f"Final test accuracy of the runs that did not collapse: {verdict}.",
         "",
+        *[line + "\n" for line in collapse_lines],
         *per_seed,
         "",
         "## How it was produced",
         "",
-        f"- Command: `{command}` ({datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC)",
+        f"- Command: `{command}` ({now:%Y-%m-%d %H:%M} UTC)",
         f"- jaxmlp: `Config(dataset=\"{DATASET}\", train_split=\"{TRAIN_SPLIT}\", "
         f"train_metrics=\"after\", steps={steps}, seeds={tuple(seeds)})`, one "
         f"`train_and_evaluate` call (every other field default: lr 0.3 on the batch-mean "
-        f"loss, i.e. the original's 0.003 on the sum); backend {jax_env}.",
+        f"loss, i.e. the original's 0.003 on the sum); backend {env['jax_backend']}.",
         f"- Original: `scripts/fidelity.py:run_original`, the 2017 graph in `tf.compat.v1` "
         f"graph mode (`-reduce_sum(Y_ * log(Y + 1e-10))`, `GradientDescentOptimizer(0.003)`), "
         f"test set scored every {EVAL_EVERY} steps; `TF_ENABLE_ONEDNN_OPTS="
@@ -228,7 +324,9 @@ def report(args, seeds, jax_side, tf_side, timings, overlap, n_train, n_test, ja
         f"Of the IDX file's first 5,000 training images, {overlap:,} are among TFDS's first "
         f"5,000 of `train`, so `{TRAIN_SPLIT}` holds out different images than the "
         f"original's reader did (the same number of them).",
-        f"- Machine: {machine()}.",
+        f"- Machine: {machine()}; load average {env['load_start']:.1f} at the start, "
+        f"{os.getloadavg()[0]:.1f} at the end (a shared machine: the wall times are "
+        f"upper bounds).",
         f"- Versions: {versions()}.",
         f"- Wall time: jaxmlp {timings['jax']:.0f} s (all {len(seeds)} seeds, compile "
         f"included), original {timings['tf']:.0f} s ({timings['tf'] / len(seeds):.0f} s per "
@@ -240,19 +338,24 @@ def report(args, seeds, jax_side, tf_side, timings, overlap, n_train, n_test, ja
 # --- main ----------------------------------------------------------------------------------------
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", required=True, help="TFDS data dir (prepared there if needed)")
     p.add_argument("--manual-dir", default="/usr/share/datasets/fashion-mnist",
                    help="folder with the four Fashion-MNIST IDX .gz files (default: %(default)s)")
-    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7", help="comma-separated (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=10_000, help="training steps (default: %(default)s)")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs", "fidelity.md"),
+    p.add_argument("--seeds", default="0,1,2,3,4,5,6,7",
+                   help="comma-separated (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=10_000,
+                   help="training steps (default: %(default)s)")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "docs",
+                                                 "fidelity.md"),
                    help="the Markdown report to write (default: docs/fidelity.md)")
     args = p.parse_args(argv)
     seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     if len(seeds) < 2 or args.steps % EVAL_EVERY:
         p.error(f"need at least 2 seeds and --steps a multiple of {EVAL_EVERY}")
     started = time.perf_counter()
+    env = {"load_start": os.getloadavg()[0]}
 
     from jaxmlp import data
     from jaxmlp.config import Config
@@ -275,7 +378,7 @@ def main(argv=None) -> int:
                 "late_train_loss": np.asarray(h["train_loss"])[:, -100:].mean(1)}
     import jax
 
-    jax_env = f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
+    env["jax_backend"] = f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
     print(f"jaxmlp: {len(seeds)} seeds in {jax_s:.0f} s; test accuracy "
           f"{mean_std(jax_side['test_accuracy'])}", flush=True)
 
@@ -301,8 +404,8 @@ def main(argv=None) -> int:
                "late_train_loss": np.array([r["train_loss"][-100:].mean() for r in runs])}
 
     timings = {"jax": jax_s, "tf": tf_s, "total": time.perf_counter() - started}
-    text = report(args, seeds, jax_side, tf_side, timings, overlap, len(ds.train_labels),
-                  len(ds.test_labels), jax_env)
+    text = report(args, seeds, jax_side, tf_side, runs, timings, overlap, len(ds.train_labels),
+                  len(ds.test_labels), env)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)

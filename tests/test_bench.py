@@ -139,11 +139,25 @@ def test_learnable_data_is_learnable_and_npz_data_round_trips(tmp_path):
         bench_data.npz_dataset(str(path))
 
 
-def _benchmark(tmp_path, *args):
+# Runs the script given as argv[1] with TensorFlow and TFDS unimportable, as on the GPU machine.
+_WITHOUT_TF = """
+import runpy, sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
+            raise ImportError(name + " is not installed here")
+sys.meta_path.insert(0, Block())
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def _benchmark(tmp_path, *args, without_tf=False):
     """Run scripts/benchmark.py with ``args``; returns (stdout, JSON result, PNG path)."""
     out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    python = [sys.executable, "-c", _WITHOUT_TF] if without_tf else [sys.executable]
     proc = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"), *args, "--quiet",
+        [*python, os.path.join(ROOT, "scripts", "benchmark.py"), *args, "--quiet",
          "--json", str(out), "--plot", str(png)],
         capture_output=True, text=True, timeout=600, cwd=tmp_path, env=child_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -186,7 +200,9 @@ def _key_paths(obj, prefix=()) -> set:
 
 
 def test_quick_accelerator_suite_writes_every_part_and_the_same_keys_when_skipped(tmp_path):
-    stdout, r, _ = _benchmark(tmp_path, "--suite", "accelerator", "--quick")
+    """Parts (a)-(e) without TensorFlow or TFDS (the GPU machine has neither), then a budget
+    too small for any of them: every part says what it skipped, under the same keys."""
+    stdout, r, _ = _benchmark(tmp_path, "--suite", "accelerator", "--quick", without_tf=True)
     assert "(e) seeds as one ensemble" in stdout
     assert {"suite", "config", "environment", "matmul_ceiling", "device_peak", "paths", "batch_sweep",
             "ensembles", "data", "seed_schedule", "seed_ensemble", "targets", "wall_seconds"} <= set(r)
@@ -203,10 +219,10 @@ def test_quick_accelerator_suite_writes_every_part_and_the_same_keys_when_skippe
     acc = e["accuracy"]
     assert acc["min"] <= acc["percentiles"]["50"] <= acc["max"] and acc["std"] >= 0
     assert set(r["targets"]) == set(accelerator.TARGETS)
-    # A budget too small for anything: every part says what it skipped, under the same keys.
     _, skipped, _ = _benchmark(tmp_path, "--suite", "accelerator", "--quick", "--budget", "0.001")
     assert _key_paths(skipped) == _key_paths(r)
-    assert skipped["batch_sweep"]["skipped"] == [100, 1000] and not skipped["ensembles"]["rows"]
+    assert skipped["paths"]["skipped"] == [100] and skipped["batch_sweep"]["skipped"] == [100, 1000]
+    assert not skipped["ensembles"]["rows"] and len(skipped["ensembles"]["skipped"]) == 4
     assert skipped["seed_schedule"]["skipped"] and skipped["seed_ensemble"]["skipped"]
 
 
@@ -223,13 +239,15 @@ def test_whole_run_times_jaxmlp_and_the_2017_program_on_the_same_data(tmp_path):
     r = processes.whole_run(dataset="fashion_mnist", manual_dir=FASHION,
                             data_dir=str(tmp_path / "tfds"), steps=200)
     assert "error" not in r["prepare"] and r["prepare"]["source"] == "manual"
-    ours, original = r["jaxmlp"], r["original"]
-    assert "error" not in ours and "error" not in original, (ours, original)
-    assert ours["steps"] == original["steps"] == 200
-    assert {"startup_seconds", "compile_seconds", "train_seconds", "eval_seconds",
-            "process_seconds"} <= set(ours)
+    cold, ours, original = r["jaxmlp_cold"], r["jaxmlp"], r["original"]
+    assert not {"error"} & (set(cold) | set(ours) | set(original)), (cold, ours, original)
+    assert cold["steps"] == ours["steps"] == original["steps"] == 200
+    for run_ in (cold, ours):
+        assert {"startup_seconds", "compile_seconds", "train_seconds", "eval_seconds",
+                "process_seconds"} <= set(run_)
     assert original["data_source"] == "cache"  # the arrays jaxmlp prepared
     assert len(original["test_accuracy"]) == 3  # step 0, 100, 200
     for acc in (ours["final_test_accuracy"], original["final_test_accuracy"]):
         assert 0.5 < acc <= 1.0  # Fashion-MNIST after 200 steps: learning, whichever program
-    assert r["original_vs_jaxmlp"] == pytest.approx(original["process_seconds"] / ours["process_seconds"])
+    for key, ran in (("original_vs_jaxmlp", ours), ("original_vs_jaxmlp_cold", cold)):
+        assert r[key] == pytest.approx(original["process_seconds"] / ran["process_seconds"])

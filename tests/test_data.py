@@ -240,17 +240,21 @@ def test_unwritable_data_dir(good, tmp_path):
     assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores modes")
 def test_read_only_data_dir(good, tmp_path):
+    """A data dir nothing can be written into, for root too: permission bits would not
+    stop root, so the path is a regular file, in which no process can create entries
+    (the staging folder's mkdir fails with EEXIST/ENOTDIR whatever the user's rights).
+    A ``load`` that skipped the pre-flight, or let TFDS write first, would fail late,
+    with another message, or leave a staging folder beside it."""
     manual, _ = good
     data_dir = tmp_path / "data"
-    data_dir.mkdir(mode=0o500)
-    try:
-        with pytest.raises(data.DataError, match="cannot be written"):
-            data.load("mnist", data_dir=str(data_dir), manual_dir=manual)
-    finally:
-        data_dir.chmod(0o700)
-    assert_nothing_left(data_dir)
+    data_dir.write_bytes(b"a file, not a folder")
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(data.DataError, match="cannot be written") as e:
+        data.load("mnist", data_dir=str(data_dir), manual_dir=manual)
+    assert str(data_dir) in str(e.value) and "\n" not in str(e.value)
+    assert data_dir.read_bytes() == b"a file, not a folder"
+    assert sorted(os.listdir(tmp_path)) == before  # nothing left beside it either
 
 
 def test_failure_while_tfds_prepares_leaves_nothing(good, tmp_path, monkeypatch):
@@ -428,7 +432,8 @@ def test_mock_data_applies_tfds_slices(tmp_path):
     data_dir = str(tmp_path / "data")
     with tfds.testing.mock_data(num_examples=8):
         whole = data.load("mnist", data_dir=data_dir)
-        part = data.load("mnist", data_dir=data_dir, train_split="train[3:]", test_split="test[:50%]")
+        part = data.load("mnist", data_dir=data_dir, train_split="train[3:]",
+                         test_split="test[:50%]")
     assert (part.train_split, part.test_split) == ("train[3:]", "test[:50%]")
     np.testing.assert_array_equal(part.train_images, whole.train_images[3:])
     np.testing.assert_array_equal(part.test_labels, whole.test_labels[:4])

@@ -8,8 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, child_env
 
 _WORKER = textwrap.dedent("""
     import sys
@@ -19,7 +18,7 @@ _WORKER = textwrap.dedent("""
         jax.distributed.initialize(coordinator_address={address!r}, num_processes={num_processes},
                                    process_id={process_id})
     sys.path.insert(0, {tests!r})
-    from test_run import synthetic
+    from conftest import synthetic
     from jaxmlp import run
     from jaxmlp.config import Config
     assert jax.process_count() == {num_processes} and len(jax.devices()) == {num_processes}
@@ -35,9 +34,9 @@ def _free_port() -> int:
 
 
 def _worker(out, process_id=0, num_processes=1, address=""):
-    code = _WORKER.format(tests=os.path.join(ROOT, "tests"), out=out, process_id=process_id,
+    code = _WORKER.format(tests=str(ROOT / "tests"), out=out, process_id=process_id,
                           num_processes=num_processes, address=address)
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env = child_env(JAX_PLATFORMS="cpu")
     return subprocess.Popen([sys.executable, "-c", code], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

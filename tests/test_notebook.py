@@ -29,7 +29,8 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def write_learnable_idx(folder, n_train=1200, n_test=300, seed=0):
     """Four IDX files of a task a small MLP learns in a few hundred steps: each class is a
-    bright horizontal band at its own rows, under uniform noise."""
+    bright horizontal band at its own rows, under uniform noise; 15% of the labels are
+    then redrawn at random, so no model scores above ~0.87 + noise on the test split."""
     rng = np.random.default_rng(seed)
     os.makedirs(folder, exist_ok=True)
 
@@ -38,6 +39,8 @@ def write_learnable_idx(folder, n_train=1200, n_test=300, seed=0):
         images = rng.integers(0, 120, (n, 28, 28)).astype(np.uint8)
         for i, c in enumerate(labels):
             images[i, 2 + 2 * c: 5 + 2 * c, 4:24] = 255
+        flip = rng.random(n) < 0.15
+        labels[flip] = rng.integers(0, 10, flip.sum())
         return images, labels
 
     arrays = dict(zip(("train_images", "train_labels"), split(n_train)))
@@ -112,46 +115,66 @@ def _chunk(rep, step, k=1, extra=True, layers=5):
     rep.chunk(step, acc, 2 - acc, np.ones(k, bool), **extras)
 
 
-def test_live_reporter_throttles_and_always_draws_the_last_chunk():
-    frames, clock = [], FakeClock()
-    rep = notebook.LiveReporter(quiet=True, display=frames.append, clock=clock, min_interval=0.5)
-    rep.start(Config(steps=2000, eval_every=100))
-    _chunk(rep, 100)  # the first chunk is drawn at once
-    assert len(frames) == 1 and frames[0].startswith(PNG)
-    for step in range(200, 1100, 100):  # no time passes: nothing more is drawn
-        _chunk(rep, step)
-    assert len(frames) == 1
-    clock.now += 0.49
-    _chunk(rep, 1100)
-    assert len(frames) == 1
-    # A frame may take at most max_share of the time: with no time spent drawing (the fake
-    # clock stands still) the floor is min_interval.
-    clock.now += 0.02
-    _chunk(rep, 1200)
-    assert len(frames) == 2
-    _chunk(rep, 1300)
-    rep.close()  # the last chunk is drawn however soon after the previous frame
-    assert len(frames) == 3 and rep.frames == 3
-    steps = [r["step"] for r in rep._rows]
-    assert steps == list(range(100, 1400, 100))
+def _timed_run(n_chunks, chunk_seconds, frame_seconds, **kwargs):
+    """A reporter fed ``n_chunks`` chunks ``chunk_seconds`` apart on a fake clock, each frame
+    taking ``frame_seconds``; returns it (closed) and the clock time each frame began."""
+    clock, began = FakeClock(), []
+
+    def display(png):
+        assert png.startswith(PNG)
+        began.append(clock.now)
+        clock.now += frame_seconds
+
+    rep = notebook.LiveReporter(quiet=True, display=display, clock=clock, **kwargs)
+    rep.start(Config(steps=100 * n_chunks, eval_every=100))
+    for i in range(1, n_chunks + 1):
+        clock.now += chunk_seconds
+        _chunk(rep, 100 * i)
+        # The budget holds, but for the first frame's cost above its estimate.
+        overrun = max(0.0, frame_seconds - rep.FIRST_FRAME_ESTIMATE)
+        assert rep.draw_seconds <= rep.max_share * clock.now + overrun + 1e-9
+    rep.close()
+    return rep, began
 
 
-def test_slow_frames_are_drawn_less_often():
-    clock = FakeClock()
+def test_live_reporter_draws_at_most_every_min_interval():
+    # Free frames: only min_interval limits them, once the budget covers the first
+    # frame's estimate (0.15 s at 3%: 5 s in).
+    rep, began = _timed_run(200, 0.1, 0.0, min_interval=0.5, max_share=0.03)
+    assert 5.0 <= began[0] < 5.0 + 0.1 + 1e-9
+    gaps = np.diff(began[:-1])
+    assert (gaps >= 0.5 - 1e-9).all() and (gaps < 0.6 + 1e-9).all()
+    assert rep.frames == len(began) and rep._pending is False
 
-    def slow_display(png):  # each frame "takes" 1 s
-        clock.now += 1.0
 
-    rep = notebook.LiveReporter(quiet=True, display=slow_display, clock=clock, max_share=0.05)
-    rep.start(Config(steps=10_000, eval_every=100))
-    for step in range(100, 10_100, 100):
-        clock.now += 0.1  # a chunk takes 0.1 s
+def test_slow_frames_are_drawn_less_often_and_the_last_chunk_always():
+    rep, began = _timed_run(1000, 0.1, 1.0, max_share=0.03)  # 100 s of chunks, 1 s frames
+    # Frame k (k >= 1) waits until 3% of the time covers k + 1 frames of 1 s: at 66.7 s and
+    # 100 s; the first waits for its estimate (5 s); close draws the last chunk.
+    assert began[0] >= 5.0
+    for k, t in enumerate(began[1:-1], 1):
+        assert t >= (k + 1) / 0.03 - 1e-9
+    assert rep.frames == len(began) == 4
+    assert began[-1] > 100.0 and rep._rows[-1]["step"] == 100_000
+
+
+def test_close_leaves_the_last_frame_to_finish_when_asked():
+    frames = []
+    rep = notebook.LiveReporter(quiet=True, display=frames.append, clock=FakeClock())
+    rep.draw_at_close = False
+    rep.start(Config(steps=300, eval_every=100))
+    for step in (100, 200, 300):
         _chunk(rep, step)
     rep.close()
-    # 100 chunks of 0.1 s and 1 s frames at <= 5% of the time: the first, one every ~20 s
-    # of chunks (none fit in these 10 s), and the last.
-    assert rep.frames == 2
-    assert rep.draw_seconds <= 2.0 + 1e-9
+    assert frames == []  # no time passed: no budget, and close does not draw
+    history = {"train_step": np.arange(1, 301), "train_loss": np.linspace(2, 0.1, 300),
+               "train_accuracy": np.linspace(0.1, 0.9, 300), "test_step": np.arange(4) * 100,
+               "test_loss": np.asarray([2.3, 1, 0.5, 0.4]), "test_accuracy": np.asarray([0.1, 0.7, 0.8, 0.85])}
+    rep.finish(history)
+    assert len(frames) == 1 and [r["step"] for r in rep._rows] == [0, 100, 200, 300]
+    ax_acc = rep.figure().axes[0]
+    assert [line.get_label() for line in ax_acc.lines] == ["train (per step)", "test"]
+    assert len(ax_acc.lines[0].get_xdata()) == 300
 
 
 @pytest.mark.parametrize("k", [1, 3])
@@ -235,7 +258,7 @@ def test_notebook_runs_short_on_learnable_data(tmp_path):
     assert not error_outputs(nb)
     final = re.fullmatch(r"final test accuracy (\d\.\d{4})\n", text_of(nb.cells[-1]))
     assert final, text_of(nb.cells[-1])
-    assert 0.5 < float(final.group(1)) <= 1.0  # chance is 0.1
+    assert 0.6 < float(final.group(1)) < 0.97  # chance is 0.1; label noise caps it near 0.87
     train_cell = next(c for c in nb.cells if "notebook.train(" in c.source)
     assert "final test accuracy" in text_of(train_cell)
     live = [o for o in train_cell.outputs if "image/png" in o.get("data", {})]

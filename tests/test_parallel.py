@@ -6,18 +6,17 @@ before training.
 """
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, child_env
 
 _SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
-    from test_run import synthetic
+    from conftest import synthetic
     from jaxmlp import parallel, run
     from jaxmlp.config import Config
 
@@ -27,8 +26,8 @@ _SCRIPT = textwrap.dedent("""
     base = dict(hidden=(32, 16), batch_size=48, steps=60, eval_every=20, log_every=20)
     for name, extra in [("single", {{}}), ("ensemble", dict(seeds=tuple(range(8))))]:
         c = Config(**base, **extra)
-        _, one = run.train_and_evaluate(c, dataset=data, quiet=True, devices=jax.devices()[:1])
-        _, eight = run.train_and_evaluate(c, dataset=data, quiet=True, out_dir={out!r} + "/" + name)
+        one = run.train_and_evaluate(c, dataset=data, quiet=True, devices=jax.devices()[:1]).history
+        eight = run.train_and_evaluate(c, dataset=data, quiet=True, out_dir={out!r} + "/" + name).history
         out[name] = {{k: float(np.max(np.abs(one[k] - eight[k])))
                      for k in ("train_loss", "test_loss", "test_accuracy")}}
         out[name + "_mode"] = json.load(open({out!r} + "/" + name + "/summary.json"))["placement"]
@@ -41,8 +40,8 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_eight_devices_match_one(tmp_path):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8", "JAX_PLATFORMS": "cpu"}
-    code = _SCRIPT.format(tests=os.path.join(ROOT, "tests"), out=str(tmp_path))
+    env = child_env(XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    code = _SCRIPT.format(tests=str(ROOT / "tests"), out=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])

@@ -47,7 +47,8 @@ def learnable_dataset(seed: int = 0, num_train: int = 60_000, num_test: int = 10
         labels = rng.integers(0, 10, n).astype(np.int32)
         images = np.empty((n, 28 * 28), np.uint8)
         for i in range(0, n, 10_000):  # chunks bound the float temporaries
-            lit = rng.random((len(labels[i:i + 10_000]), 28 * 28), dtype=np.float32) < maps[labels[i:i + 10_000]]
+            chunk = maps[labels[i:i + 10_000]]
+            lit = rng.random(chunk.shape, dtype=np.float32) < chunk
             images[i:i + 10_000] = lit * rng.integers(128, 256, lit.shape, dtype=np.uint8)
         return images.reshape(n, 28, 28), labels
 

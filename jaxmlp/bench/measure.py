@@ -46,7 +46,7 @@ def path_row(variant: str, state, *, hidden, host: dict, data: loop.Data, orders
 
 def ensembles(base: Config, *, kinds, sizes, data: loop.Data, scan_steps: Callable[[int], int],
               timing: dict, budget: Budget | None = None, say=lambda _: None) -> dict:
-    """Model-steps/s of ensembles (``run_steps`` over K models) against K, for each kind, and of one model.
+    """Model-steps/s of K models in one ``run_steps`` against K, for each kind, and of one model.
 
     ``base``: the single model (its batch size and learning rate); ``scan_steps(k)``:
     steps per fused call for K models. Sizes run in increasing K with the kinds
@@ -83,9 +83,10 @@ def ensembles(base: Config, *, kinds, sizes, data: loop.Data, scan_steps: Callab
 
 def best_ensembles(rows: list[dict], kinds) -> dict:
     """Per kind, the row with the most model-steps/s: {kind: {'k', 'model_steps_per_s',
-    'vs_single'} or None where none was measured}."""
-    best = dict.fromkeys(kinds)
+    'vs_single'}}, all None where none of that kind was measured."""
+    keys = ("k", "model_steps_per_s", "vs_single")
+    best = {kind: dict.fromkeys(keys) for kind in kinds}
     for r in rows:
-        if best[r["kind"]] is None or r["model_steps_per_s"] > best[r["kind"]]["model_steps_per_s"]:
-            best[r["kind"]] = {key: r[key] for key in ("k", "model_steps_per_s", "vs_single")}
+        if (best[r["kind"]]["model_steps_per_s"] or 0) < r["model_steps_per_s"]:
+            best[r["kind"]] = {key: r[key] for key in keys}
     return best

@@ -30,6 +30,11 @@ def _mib(x):
     return "-" if x is None else f"{x / 2**20:.1f}"
 
 
+def _rate(x):
+    """A rate to the unit, or to 3 significant digits below 100 (big batches run < 1 step/s)."""
+    return format(x, ",.0f") if x >= 100 else format(x, ".3g")
+
+
 def _num(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
 
@@ -55,9 +60,9 @@ def _path_lines(rows: list[dict]) -> list[str]:
              f"{'examples/s':>11}{'FLOP/s':>12}{'%ceil':>7}{'%peak':>7}"]
     for r in rows:
         s = r["steps_per_s"]
-        spread = f"[{s['min']:,.0f} - {s['max']:,.0f}]"
+        spread = f"[{_rate(s['min'])} - {_rate(s['max'])}]"
         lines.append(f"{name(r['hidden']):<16}{r['batch_size']:>6}  "
-                     f"{LABELS[r['variant']]:<24}{s['median']:>9,.0f}  {spread:<19}"
+                     f"{LABELS[r['variant']]:<24}{_rate(s['median']):>9}  {spread:<19}"
                      f"{r['examples_per_s']:>11,.0f}{_si(r['achieved_flops_per_s']):>12}"
                      f"{_pct(r['vs_ceiling']):>7}{_pct(r['vs_peak']):>7}")
     return lines
@@ -73,7 +78,7 @@ def _ensemble_lines(single: dict, rows: list[dict]) -> list[str]:
              f"{'peak MiB':>10}"]
     for e in rows:
         lines.append(f"{e['k']:>5}  {e['kind']:<15}{e['steps_per_call']:>6}"
-                     f"{e['steps_per_s']['median']:>10,.0f}{e['model_steps_per_s']:>15,.0f}"
+                     f"{_rate(e['steps_per_s']['median']):>10}{e['model_steps_per_s']:>15,.0f}"
                      f"{_num(e['vs_single']):>8}{_mib(e['peak_device_bytes']):>10}")
     return lines
 
@@ -108,21 +113,24 @@ def _process_lines(result: dict) -> list[str]:
                          f" + compile {w['compile_seconds']:.2f} s; data from {w['data_source']}; "
                          f"process {w['process_seconds']:.1f} s)")
     if wr:
-        lines += ["", f"whole run, {wr['dataset']} ({wr['steps'] or 'default'} steps; data prepared "
-                      f"first, fresh compilation cache), seconds"]
+        lines += ["", f"whole run, {wr['dataset']} ({wr['steps'] or 10_000} steps; data prepared first; "
+                      "jaxmlp's compilation cache cold, then warm), seconds"]
         if "error" in wr:
             lines.append(f"  not measured: {wr['error']}")
-        for who, parts in (("jaxmlp", ("startup", "compile", "train", "eval", "write", "total")),
+        ours = ("startup", "compile", "train", "eval", "write", "total")
+        for who, parts in (("jaxmlp_cold", ours), ("jaxmlp", ours),
                            ("original", ("import", "data", "setup", "train", "eval", "total"))):
             w = wr.get(who, {})
             if "error" in w:
                 lines.append(f"  {who}: not measured: {w['error']}")
             elif w:
-                detail = ", ".join(f"{p} {w[p + '_seconds']:.1f}" for p in parts if w.get(p + "_seconds") is not None)
-                lines.append(f"  {who:<9}process {w['process_seconds']:.1f} ({detail}); "
+                detail = ", ".join(f"{p} {w[p + '_seconds']:.1f}" for p in parts
+                                   if w.get(p + "_seconds") is not None)
+                lines.append(f"  {who:<12}process {w['process_seconds']:.1f} ({detail}); "
                              f"final test accuracy {_num(w.get('final_test_accuracy'), '.4f')}")
-        if wr.get("original_vs_jaxmlp"):
-            lines.append(f"  the 2017 program takes {wr['original_vs_jaxmlp']:.2f}x jaxmlp's process time")
+        for key, which in (("original_vs_jaxmlp_cold", "cold"), ("original_vs_jaxmlp", "warm")):
+            if wr.get(key):
+                lines.append(f"  the 2017 program takes {wr[key]:.2f}x jaxmlp's process time ({which})")
     return lines
 
 
@@ -153,7 +161,9 @@ def format_table(result: dict) -> str:
 
 
 def _skipped(part: dict) -> list[str]:
-    return [f"  skipped (budget {part['budget_seconds']:.0f} s spent): {part['skipped']}"] if part["skipped"] else []
+    if not part["skipped"]:
+        return []
+    return [f"  skipped (budget {part['budget_seconds']:.0f} s spent): {part['skipped']}"]
 
 
 def _schedule_line(label: str, s: dict) -> str:
@@ -174,9 +184,12 @@ def format_accelerator(result: dict) -> str:
     lines = _header(result, "jaxmlp accelerator suite") + ["", "(a) every path, batch "
                                                            f"{result['config']['path_batch_size']}"]
     lines += _path_lines(result["paths"]["rows"])
-    lines += ["", "(b) batch sweep"] + _path_lines(result["batch_sweep"]["rows"]) + _skipped(result["batch_sweep"])
+    sweep = result["batch_sweep"]
+    lines += ["", "(b) batch sweep"] + _path_lines(sweep["rows"]) + _skipped(sweep)
     ens = result["ensembles"]
     lines += ["", "(c)"] + _ensemble_lines(ens["single"], ens["rows"])[1:] + _skipped(ens)
+    lines += [f"  best {kind}: K={b['k']}, {_num(b['vs_single'])}x one model"
+              for kind, b in ens["best"].items() if b["k"] is not None]
     lines += ["", "data for (d) and (e): " + result["data"]["source"],
               _schedule_line("(d) the seed schedule", result["seed_schedule"]),
               _schedule_line("(e) seeds as one ensemble", result["seed_ensemble"])]
@@ -254,7 +267,8 @@ def plot_accelerator(result: dict, path: str) -> None:
     fig, (ax_a, ax_b, ax_c, ax_e) = _figure(13, 9, 2, 2)
     rows = result["paths"]["rows"]
     ax_a.barh([LABELS[r["variant"]] for r in rows], [r["steps_per_s"]["median"] for r in rows])
-    ax_a.set(xscale="log", xlabel="steps / s", title=f"(a) every path, batch {result['config']['path_batch_size']}")
+    ax_a.set(xscale="log", xlabel="steps / s",
+             title=f"(a) every path, batch {result['config']['path_batch_size']}")
     ax_a.grid(True, axis="x", which="both", alpha=0.3)
     _draw_batch_sweep(ax_b, result["batch_sweep"]["rows"], result["environment"]["device_kind"])
     ax_b.set_title("(b) " + ax_b.get_title())

@@ -86,9 +86,13 @@ class TimingConfig:
 
 @dataclasses.dataclass
 class Budget:
-    """Seconds a part of the benchmark may take; ``spent()`` says when to stop adding sizes."""
+    """Seconds a part of the benchmark may take; ``spent()`` says when to stop adding sizes.
+
+    A part's budget is also spent once its ``whole`` (the suite's) is.
+    """
 
     seconds: float | None  # None: no limit
+    whole: "Budget | None" = None
     started: float = dataclasses.field(default_factory=time.perf_counter)
 
     def elapsed(self) -> float:
@@ -98,7 +102,7 @@ class Budget:
         return math.inf if self.seconds is None else self.seconds - self.elapsed()
 
     def spent(self) -> bool:
-        return self.left() <= 0
+        return self.left() <= 0 or (self.whole is not None and self.whole.spent())
 
 
 def stats(values) -> dict:
