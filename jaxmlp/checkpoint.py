@@ -9,9 +9,11 @@ uint32 data. Every failure to read one is a one-line ``RecordError``.
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import jax
+import numpy as np
 
 from jaxmlp.records import RecordError
 from jaxmlp.train import TrainState
@@ -51,13 +53,28 @@ def _arrays(state: TrainState, history: dict) -> dict:
     return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
 
 
+DIGEST = "digest"  # the checkpoint's own entry: SHA-256 of every other array
+
+
+def _digest(arrays: dict) -> np.ndarray:
+    """SHA-256 over each array's path, dtype, shape and bytes, as 32 uint8. Orbax keeps no
+    checksum of array data: without this a garbled file restores as garbage parameters."""
+    h = hashlib.sha256()
+    for path, x in jax.tree_util.tree_flatten_with_path(arrays)[0]:
+        a = np.ascontiguousarray(jax.device_get(x))
+        h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape};".encode())
+        h.update(a.tobytes())
+    return np.frombuffer(h.digest(), np.uint8).copy()
+
+
 def save(mngr, state: TrainState, history: dict) -> int:
-    """Save at the run's step (the furthest member's); returns that step."""
+    """Save at the run's step (the furthest member's), with its digest; returns that step."""
     import orbax.checkpoint as ocp
 
     step = int(jax.device_get(state.step).max())
     if step not in mngr.all_steps():
-        mngr.save(step, args=ocp.args.StandardSave(_arrays(state, history)))
+        arrays = _arrays(state, history)
+        mngr.save(step, args=ocp.args.StandardSave({**arrays, DIGEST: _digest(arrays)}))
         mngr.wait_until_finished()
     return step
 
@@ -69,12 +86,16 @@ def restore(mngr, state: TrainState, history: dict) -> tuple[TrainState, dict]:
 
     step = latest_step(os.fspath(mngr.directory))
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state, history))
+    target[DIGEST] = jax.ShapeDtypeStruct((32,), np.uint8)
     try:
-        got = mngr.restore(step, args=ocp.args.StandardRestore(target))
+        got = dict(mngr.restore(step, args=ocp.args.StandardRestore(target)))
     except Exception as e:  # Orbax raises many types for truncated or corrupt files
         message = " ".join(str(e).split())[:200]
         raise RecordError(f"cannot restore the checkpoint at step {step} in {mngr.directory}: "
                           f"{type(e).__name__}: {message}") from e
+    if not np.array_equal(np.asarray(jax.device_get(got.pop(DIGEST))), _digest(got)):
+        raise RecordError(f"the checkpoint at step {step} in {mngr.directory} is corrupt: its "
+                          f"arrays do not match the digest saved with them")
     fresh = {"step": state.step, "params": state.params, "rest": state.rest,
              "opt_state": state.opt_state, "key": state.key}
     rewrap = lambda like, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(like)) \

@@ -62,6 +62,8 @@ def _put(tree, sharding):
     # Across processes each host builds its shards from its own copy (device_put would
     # compare the copies, and NaN placeholders never compare equal).
     def one(x):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # keys: place their raw data
+            return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
     return jax.tree.map(one, tree)

@@ -35,7 +35,12 @@ class Interrupted(Exception):
 
 
 class Diverged(RuntimeError):
-    """Every model's loss or parameters became non-finite; the record is saved."""
+    """Every model's loss or parameters became non-finite; the record is saved.
+    ``summary``: what summary.json holds (its ``members`` say where each one diverged)."""
+
+    def __init__(self, message: str, summary: dict | None = None):
+        super().__init__(message)
+        self.summary = summary
 
 
 class AlreadyComplete(Exception):
@@ -55,8 +60,9 @@ class Result(NamedTuple):
 
 def final_lines(summary: dict, out_dir) -> list[str]:
     """What a script prints when a run ends: the result, and a warning per diverged member."""
+    ok = [m for m in summary["members"] if m["status"] != "diverged"]
     lines = [f"warning: member seed {m['seed']}, lr {m['learning_rate']:g} diverged at step "
-             f"{m['first_nonfinite_step']}; the others trained on"
+             f"{m['first_nonfinite_step']}" + ("; the others trained on" if ok else "")
              for m in summary["members"] if m["status"] == "diverged"]
     where = f"; records in {out_dir}" if out_dir is not None else ""
     timing = f" in {summary['wall_seconds']:.1f} s" if "wall_seconds" in summary else ""
@@ -64,7 +70,8 @@ def final_lines(summary: dict, out_dir) -> list[str]:
         lines.append(f"final test accuracy {summary['final_test_accuracy']:.4f} after "
                      f"{summary['steps']} steps{timing}{where}")
         return lines
-    ok = [m for m in summary["members"] if m["status"] != "diverged"]
+    if not ok:  # every member diverged: the warnings are all there is to say
+        return lines
     best = max(ok, key=lambda m: m["final_test_accuracy"])
     accs = [m["final_test_accuracy"] for m in ok]
     lines.append(f"best member (seed {best['seed']}, lr {best['learning_rate']:g}): final test "
@@ -288,10 +295,11 @@ def _finish(config: Config, outcome: _Outcome, summary: dict, out_dir, stop) -> 
         saved = f"; the record is saved in {out_dir}" if out_dir is not None else ""
         if config.is_ensemble:
             raise Diverged(f"training diverged: every member's loss or parameters became "
-                           f"non-finite; lower the learning rates{saved}")
+                           f"non-finite; lower the learning rates{saved}", summary)
         bad = summary["members"][0]["first_nonfinite_step"]
         raise Diverged(f"training diverged: the loss or parameters turned non-finite at step "
-                       f"{bad} (learning rate {config.learning_rate:g}); lower --learning-rate{saved}")
+                       f"{bad} (learning rate {config.learning_rate:g}); lower --learning-rate{saved}",
+                       summary)
     where = out_dir if out_dir is not None else "(no --out, so nothing was saved)"
     if outcome.status == "interrupted":
         raise Interrupted(f"interrupted at step {outcome.step}; saved to {where}; continue with: "

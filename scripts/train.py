@@ -118,11 +118,20 @@ def main(argv=None) -> int:
         print("stopped at once by a second signal; resume from the last checkpoint with "
               f"--resume {out}", file=sys.stderr)
         return 130
+    except run.Diverged as e:  # an ensemble's members each get their warning line first
+        if e.summary is not None and len(e.summary["members"]) > 1:
+            for line in run.final_lines(e.summary, out):
+                print(line, file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except run.EXPECTED_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for line in run.final_lines(result.summary, out):
-        print(line, file=sys.stderr if line.startswith("warning") else sys.stdout)
+        if line.startswith("warning"):  # a diverged member: shown even with --quiet
+            print(line, file=sys.stderr)
+        elif not args.quiet:
+            print(line)
     return 0
 
 
