@@ -182,7 +182,6 @@ class LiveReporter(report.Reporter):
         super().start(config, start_step=start_step, examples_per_epoch=examples_per_epoch)
         self.total_steps = config.steps
         self._rows: list[dict] = []  # one per chunk: step, test metrics, alive, extras
-        self._train_curve = None  # (steps, values) per metric once ``finish`` has the history
         self._started = self._clock()
         self._last_end = -math.inf  # when the last frame was done
         self._last_cost = self.FIRST_FRAME_ESTIMATE
@@ -213,19 +212,27 @@ class LiveReporter(report.Reporter):
         super().close()
 
     def finish(self, history: dict) -> None:
-        """Draw the last frame from the run's whole ``history``: step 0, the train curves
-        per step and the percentiles at every evaluation, whatever the chunks reported."""
+        """Draw the last frame from the run's whole ``history`` (step 0, the mean train
+        metrics of every chunk, the percentiles at every evaluation), whatever the chunks
+        reported: the same curves a run that reports every ``EXTRA_KEYS`` draws live."""
         steps, acc = hist.series(history, "test", "accuracy")
         _, loss = hist.series(history, "test", "loss")
         done = steps <= hist.completed_steps(history)
-        has_pct = all(k in history for k in ("weight_percentiles", "bias_percentiles"))
-        pct = {k: hist.by_member(history, k)[:, done] for k in ("weight_percentiles",
-                                                                "bias_percentiles") if has_pct}
-        self._rows = [{"step": int(s), "test_accuracy": acc[:, i], "test_loss": loss[:, i],
-                       "alive": np.isfinite(loss[:, i]),
-                       **{k: v[:, i] for k, v in pct.items()}}
-                      for i, s in enumerate(steps[done])]
-        self._train_curve = {m: hist.series(history, "train", m) for m in ("accuracy", "loss")}
+        arrays = {"test_accuracy": acc[:, done], "test_loss": loss[:, done]}
+        for key in ("weight_percentiles", "bias_percentiles"):
+            if key in history:
+                arrays[key] = hist.by_member(history, key)[:, done].astype(np.float64)
+        ends = steps[done]
+        for metric in ("loss", "accuracy"):  # each chunk's mean, at its end (none at step 0)
+            t, v = hist.series(history, "train", metric)
+            means = np.full((v.shape[0], ends.size), np.nan)
+            for i, (a, b) in enumerate(zip(np.concatenate([[0], ends[:-1]]), ends)):
+                inside = (t > a) & (t <= b)
+                if inside.any():
+                    means[:, i] = hist.nan_reduce(np.nanmean, v[:, inside], axis=1)
+            arrays[f"train_{metric}"] = means
+        self._rows = [{"step": int(s), "alive": np.isfinite(arrays["test_loss"][:, i]),
+                       **{k: v[:, i] for k, v in arrays.items()}} for i, s in enumerate(ends)]
         self._draw()
 
     # Drawing ------------------------------------------------------------------------------
@@ -279,15 +286,10 @@ class LiveReporter(report.Reporter):
         return self._fig
 
     def _draw_metric(self, ax, steps: np.ndarray, rows: list[dict], metric: str) -> None:
-        test = _stack(rows, f"test_{metric}")
-        train_steps, train = steps, _stack(rows, f"train_{metric}")
-        per_step = self._train_curve is not None
-        if per_step:
-            train_steps, train = self._train_curve[metric]
-        if train is not None and train_steps.size:
-            mean = hist.nan_reduce(np.nanmean, train)
-            ax.plot(train_steps, mean, color="C1", linewidth=0.6 if per_step else 1.2, alpha=0.6,
-                    label="train (per step)" if per_step else "train (mean of each chunk)")
+        test, train = _stack(rows, f"test_{metric}"), _stack(rows, f"train_{metric}")
+        if train is not None:
+            ax.plot(steps, hist.nan_reduce(np.nanmean, train), color="C1", linewidth=1.2,
+                    alpha=0.8, label="train (mean of each chunk)")
         if test is not None and steps.size:
             if test.shape[0] > 1:
                 ax.fill_between(steps, hist.nan_reduce(np.nanmin, test),
@@ -445,18 +447,23 @@ def findings(result) -> dict:
     last = steps[-1]
     train_steps, train_acc = hist.series(h, "train", "accuracy")
     _, train_loss = hist.series(h, "train", "loss")
-    window = (train_steps > last - max(last // 10, 1)) & (train_steps <= last)
-    mean_of = lambda v: float(np.nanmean(v[:, window])) if window.any() else math.nan
-    final_acc = float(np.nanmean(s["final_test_accuracy"]))
+    width = max(last // 10, 1)  # the last tenth of the run, and as many steps before the best loss
+    window = (train_steps > last - width) & (train_steps <= last)
+    at_min = (train_steps > steps[i_min] - width) & (train_steps <= steps[i_min])
+    mean_of = lambda v, w=window: float(np.nanmean(v[:, w])) if w.any() else math.nan
+    best = np.atleast_1d(np.asarray(s["best_test_accuracy"], np.float64))
+    top = int(np.argmax(np.where(np.isnan(best), -np.inf, best)))  # the best member
     return {
-        "dataset": s["data"]["name"], "steps": int(s["steps"]),
-        "final_test_accuracy": final_acc,
-        "best_test_accuracy": float(np.nanmax(s["best_test_accuracy"])),
-        "best_test_step": int(np.max(s["best_test_step"])),
+        "dataset": s["data"]["name"], "steps": int(s["steps"]), "members": best.size,
+        "final_test_accuracy": float(np.nanmean(s["final_test_accuracy"])),  # members' mean
+        "best_test_accuracy": float(best[top]),
+        "best_test_step": int(np.atleast_1d(s["best_test_step"])[top]),
         "final_test_loss": float(np.nanmean(s["final_test_loss"])),
         "min_test_loss": float(mean_loss[i_min]), "min_test_loss_step": int(steps[i_min]),
+        "late_test_loss": float(np.nanmean(mean_loss[steps > last - width])),
         "late_window": int(window.sum()),
         "late_train_accuracy": mean_of(train_acc), "late_train_loss": mean_of(train_loss),
+        "train_loss_at_min": mean_of(train_loss, at_min),
         "train_seconds": float(s["timings"]["train_seconds"]),
         "eval_seconds": float(s["timings"]["eval_seconds"]),
         "compile_seconds": float(s["timings"]["compile_seconds"]),
@@ -467,17 +474,23 @@ def conclusions(result) -> str:
     """Markdown bullets stating what the run shows, every number read from ``result``."""
     f = findings(result)
     gap = f["late_train_accuracy"] - f["final_test_accuracy"]
-    rise = f["final_test_loss"] / f["min_test_loss"] - 1
+    rise = f["late_test_loss"] / f["min_test_loss"] - 1
     loss_line = (f"its lowest, **{f['min_test_loss']:.3f}**, came at step "
-                 f"{f['min_test_loss_step']:,}; it ended at **{f['final_test_loss']:.3f}** "
-                 f"({rise:+.0%}) while the training loss kept falling (last {f['late_window']:,} "
-                 f"steps: **{f['late_train_loss']:.3f}**)")
-    if rise > 0.05:
-        loss_line += ": the network overfits, the talk's cue for learning-rate decay and dropout"
+                 f"{f['min_test_loss_step']:,}; over the last {f['late_window']:,} steps it "
+                 f"averaged **{f['late_test_loss']:.3f}** ({rise:+.0%}) and ended at "
+                 f"**{f['final_test_loss']:.3f}**")
+    if f["late_train_loss"] < f["train_loss_at_min"]:
+        loss_line += (f" while the training loss kept falling (mean of {f['late_window']:,} "
+                      f"steps: **{f['train_loss_at_min']:.3f}** up to step "
+                      f"{f['min_test_loss_step']:,}, **{f['late_train_loss']:.3f}** at the end)")
+        if rise > 0.05:
+            loss_line += ": the network overfits, the talk's cue for dropout"
     return "\n".join([
         f"- **{f['dataset']}**, {f['steps']:,} steps: final test accuracy "
-        f"**{f['final_test_accuracy']:.4f}**, best **{f['best_test_accuracy']:.4f}** "
-        f"at step {f['best_test_step']:,}.",
+        f"**{f['final_test_accuracy']:.4f}**"
+        + (f" (mean of {f['members']} members; best member" if f["members"] > 1 else ", best")
+        + f" **{f['best_test_accuracy']:.4f}** at step {f['best_test_step']:,}"
+        + (")." if f["members"] > 1 else "."),
         f"- Training minibatches over the last {f['late_window']:,} steps: mean accuracy "
         f"**{f['late_train_accuracy']:.4f}**, so the train/test gap is **{gap:.4f}**.",
         f"- Test cross-entropy per image: {loss_line}.",

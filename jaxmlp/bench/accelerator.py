@@ -196,13 +196,17 @@ def _schedule(config: Config, dataset, budget: timing.Budget, *, estimate: float
 
 
 def _distribution(values: np.ndarray | None) -> dict:
-    """mean, std, min, max and ``PERCENTILES`` of ``values`` (all None without values)."""
+    """mean, std, min, max and ``PERCENTILES`` of the finite ``values``, and how many models
+    diverged (a non-finite final accuracy); all None without values."""
     if values is None:
-        return {"mean": None, "std": None, "min": None, "max": None,
+        return {"mean": None, "std": None, "min": None, "max": None, "diverged": None,
                 "percentiles": {str(p): None for p in PERCENTILES}}
-    return {"mean": float(values.mean()), "std": float(values.std()), "min": float(values.min()),
-            "max": float(values.max()), "percentiles": {
-                str(p): float(v) for p, v in zip(PERCENTILES, np.percentile(values, PERCENTILES))}}
+    ok = values[np.isfinite(values)]
+    if not ok.size:
+        return {**_distribution(None), "diverged": int(values.size)}
+    return {"mean": float(ok.mean()), "std": float(ok.std()), "min": float(ok.min()),
+            "max": float(ok.max()), "diverged": int(values.size - ok.size), "percentiles": {
+                str(p): float(v) for p, v in zip(PERCENTILES, np.percentile(ok, PERCENTILES))}}
 
 
 def targets(result: dict) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from jaxmlp import records
 from jaxmlp.bench.measure import name
 from jaxmlp.bench.paths import LABELS, VARIANTS
@@ -172,7 +174,8 @@ def _schedule_line(label: str, s: dict) -> str:
     acc = s["accuracy"]
     accuracy = (f"final test accuracy {s['final_test_accuracy']:.4f}" if acc is None else
                 f"final test accuracy mean {acc['mean']:.4f} +- {acc['std']:.4f} "
-                f"[{acc['min']:.4f} - {acc['max']:.4f}], median {acc['percentiles']['50']:.4f}")
+                f"[{acc['min']:.4f} - {acc['max']:.4f}], median {acc['percentiles']['50']:.4f}, "
+                f"over the {s['models'] - acc['diverged']} that did not diverge ({acc['diverged']} did)")
     return (f"{label}: {s['models']} x {s['steps']:,} steps of batch {s['batch_size']}, test set every "
             f"{s['eval_every']}: {s['wall_seconds']:.1f} s (compile {_num(s['compile_seconds'], '.1f')}, "
             f"train {_num(s['train_seconds'], '.1f')}, eval {_num(s['eval_seconds'], '.1f')}), "
@@ -279,11 +282,13 @@ def plot_accelerator(result: dict, path: str) -> None:
         ax_e.text(0.5, 0.5, f"(e) skipped:\n{e['skipped']}", ha="center", va="center", wrap=True)
         ax_e.set_axis_off()
     else:
-        ax_e.hist(e["final_test_accuracy"], bins=min(50, max(5, len(e["final_test_accuracy"]) // 10)))
+        final = np.asarray([np.nan if v is None else v for v in e["final_test_accuracy"]], float)
+        ax_e.hist(final[np.isfinite(final)], bins=min(50, max(5, final.size // 10)))
         if not d["skipped"]:
             ax_e.axvline(d["final_test_accuracy"], color="black", linestyle="--", label="(d) one run")
             ax_e.legend(fontsize=8)
         ax_e.set(xlabel="final test accuracy", ylabel="models",
-                 title=f"(e) {e['models']} seeds, {e['steps']:,} steps each, on {result['data']['source']}")
+                 title=f"(e) {e['models']} seeds, {e['steps']:,} steps each, on {result['data']['source']}"
+                       f" ({e['accuracy']['diverged']} diverged, not shown)")
     fig.tight_layout()
     _save(fig, path)
