@@ -4,10 +4,11 @@
 this order and stops at the first hit:
 
 1. ``tfds.testing.mock_data`` is active: TFDS's fake examples (never cached).
-2. The warm cache ``<data_dir>/jaxmlp_cache/<name>/<version>/<split>.npz``, one
-   file per split string (``train``, ``train[5000:]``, ...): decoded uint8
-   arrays. This path imports TFDS (for the version) but never TensorFlow. An
-   entry counts only while the TFDS dataset it was decoded from is still in
+2. The warm cache (``jaxmlp.data_cache``)
+   ``<data_dir>/jaxmlp_cache/<name>/<version>/<split>.npz``, one file per
+   split string (``train``, ``train[5000:]``, ...): decoded uint8 arrays.
+   This path imports TFDS (for the version) but never TensorFlow. An entry
+   counts only while the TFDS dataset it was decoded from is still in
    ``<data_dir>`` unchanged (names, sizes and mtimes of its files).
 3. The TFDS dataset already prepared in ``<data_dir>/<name>/<version>``:
    each split string not cached yet is read through TFDS's own split API
@@ -46,7 +47,6 @@ name and ``os.replace``-d.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import socket
@@ -55,16 +55,14 @@ import threading
 import types
 import urllib.parse
 import urllib.request
-import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from jaxmlp import idx, records
+from jaxmlp import data_cache, idx
 from jaxmlp.config import DATASETS
 
 PROBE_TIMEOUT_S = 4.0  # TCP connect to the download host; keeps the offline error well under 10 s
-CACHE_DIR = "jaxmlp_cache"
 SPLITS = ("train", "test")  # the splits every dataset in DATASETS has
 SPLIT_EXAMPLE = "'train[5000:]' (train minus its first 5000), 'test', 'train[:10%]'"
 _STAGING_PREFIX = ".jaxmlp-prepare-"
@@ -121,12 +119,12 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
     if _tfds_is_mocked(tfds):
         # Fake data: TFDS ignores data_dir here, and nothing may reach a real cache.
         return _from_mock(name, version, data_dir, splits)
-    cached = _read_cache(data_dir, name, version, splits)
+    cached = data_cache.read(data_dir, name, version, splits)
     if len(cached) == len(splits):
         return Dataset(*cached[splits[0]], *cached[splits[1]], name, version, "cache", *splits)
     if os.path.isfile(_info_path(data_dir, name, version)):
-        return _cache_and_return(_from_tfds(name, version, data_dir, splits, source="tfds",
-                                            cached=cached), data_dir, skip=cached)
+        return data_cache.store(_from_tfds(name, version, data_dir, splits, source="tfds",
+                                           cached=cached), data_dir, skip=cached)
     if manual_dir is not None:
         manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
         try:  # validate the decompressed content before TFDS touches anything
@@ -136,16 +134,16 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
                             f"(nothing was written to {data_dir})") from e
         _prepare(_manual_builder_cls(name), name, data_dir,
                  what=f"from the files in {manual_dir}", manual_dir=manual_dir)
-        return _cache_and_return(_from_tfds(name, version, data_dir, splits, source="manual"),
-                                 data_dir)
+        return data_cache.store(_from_tfds(name, version, data_dir, splits, source="manual"),
+                                data_dir)
     url = getattr(builder_cls, "URL", None)
     if url:
         problem = _probe(url)
         if problem:
             raise DataError(_offline_message(name, version, data_dir, url, problem))
     _prepare(builder_cls, name, data_dir, what=f"by downloading it from {url or 'its source'}")
-    return _cache_and_return(_from_tfds(name, version, data_dir, splits, source="download"),
-                             data_dir)
+    return data_cache.store(_from_tfds(name, version, data_dir, splits, source="download"),
+                            data_dir)
 
 
 # --- split strings -------------------------------------------------------------------------------
@@ -328,75 +326,10 @@ def _manual_builder_cls(name: str):
                            {"skip_registration": True}, body)
 
 
-# --- warm cache ----------------------------------------------------------------------------------
+# --- the prepared TFDS dataset (the warm cache is jaxmlp.data_cache) -----------------------------
 
 def _info_path(data_dir: str, name: str, version: str) -> str:
     return os.path.join(data_dir, name, version, "dataset_info.json")
-
-
-def _token(data_dir: str, name: str, version: str) -> str | None:
-    """Identity of the prepared TFDS dataset, or None if it is not there.
-
-    Names, sizes and modification times of its files: cheap, changed by any rebuild
-    (content alone is not enough: two builds of random images have identical
-    metadata), and kept by copies that preserve times (cp -p, rsync -a).
-    """
-    folder = os.path.dirname(_info_path(data_dir, name, version))
-    try:
-        if not os.path.isfile(os.path.join(folder, "dataset_info.json")):
-            return None
-        h = hashlib.sha256()
-        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-            st = entry.stat()
-            h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return h.hexdigest()
-    except OSError:
-        return None
-
-
-def _cache_path(data_dir: str, name: str, version: str, split: str) -> str:
-    # One file per split string, so "train" and "train[5000:]" never share an entry;
-    # quoted because split strings hold "[", ":" and "%" ("train" stays train.npz).
-    fname = urllib.parse.quote(split, safe="") + ".npz"
-    return os.path.join(data_dir, CACHE_DIR, name, version, fname)
-
-
-def _read_cache(data_dir: str, name: str, version: str, splits) -> dict:
-    """{split: (images, labels)} for each of ``splits`` the cache holds intact and current."""
-    token = _token(data_dir, name, version)
-    if token is None:
-        return {}
-    out = {}
-    for split in splits:
-        try:
-            with np.load(_cache_path(data_dir, name, version, split), allow_pickle=False) as z:
-                images, labels, entry_token = z["images"], z["labels"], str(z["token"])
-        except Exception:  # missing, truncated or foreign file: treat as a miss and rebuild
-            continue
-        ok = (entry_token == token and images.dtype == np.uint8 and labels.dtype == np.int32
-              and images.ndim == 3 and images.shape[1:] == (idx.SIDE, idx.SIDE)
-              and labels.shape == images.shape[:1])
-        if ok:
-            out[split] = (images, labels)
-    return out
-
-
-def _cache_and_return(ds: Dataset, data_dir: str, skip=()) -> Dataset:
-    """Write ``ds``'s splits (but those in ``skip``, already cached) to the warm cache (best
-    effort) and return it."""
-    token = _token(data_dir, ds.name, ds.version)
-    try:
-        for split, images, labels in ((ds.train_split, ds.train_images, ds.train_labels),
-                                      (ds.test_split, ds.test_images, ds.test_labels)):
-            if split in skip:
-                continue
-            path = _cache_path(data_dir, ds.name, ds.version, split)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            records.atomic_save_npz(path, {"images": images, "labels": labels, "token": np.str_(token)})
-    except OSError as e:  # e.g. a shared read-only data dir: loading still works, only slower
-        warnings.warn(f"jaxmlp: could not write the data cache under {data_dir} ({e}); "
-                      f"the next load will decode through TFDS again", stacklevel=3)
-    return ds
 
 
 # --- offline fail-fast ---------------------------------------------------------------------------

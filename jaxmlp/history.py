@@ -67,7 +67,7 @@ SCHEMA: dict[str, Key] = {
 }
 
 REQUIRED = tuple(k for k, key in SCHEMA.items() if key.required)
-"""The arrays every history.npz holds, in schema order (``records.load_run`` checks)."""
+"""The arrays every history.npz holds, in schema order (``runs.load_run`` checks)."""
 
 
 class FinalBest(NamedTuple):
@@ -163,6 +163,18 @@ def late_test_values(history: dict, metric: str) -> np.ndarray:
     return late[np.isfinite(late)]
 
 
+def percentile_means(history: dict, keys) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """The parameter percentiles at each evaluation: (levels (P,) ascending, test steps (N,),
+    {key: (N, L, P) float64} for each of ``keys``, e.g. "weight_percentiles"), the members'
+    mean for an ensemble, over the evaluations that every one of these arrays holds."""
+    levels = np.asarray(history["percentiles"], dtype=np.float64)
+    order = np.argsort(levels)
+    steps = by_member(history, "test_step")[0]
+    means = {k: nan_reduce(np.nanmean, by_member(history, k).astype(np.float64))[..., order] for k in keys}
+    n = min(steps.size, *(v.shape[0] for v in means.values()))
+    return levels[order], steps[:n], {k: v[:n] for k, v in means.items()}
+
+
 def _slice_time(v: np.ndarray, key: Key, n: int) -> np.ndarray:
     """The first ``n`` entries of ``v`` along the key's time axis."""
     return v[(..., slice(0, n)) + (slice(None),) * (-key.time_axis - 1)]
@@ -253,6 +265,13 @@ def final_and_best(history: dict) -> list[FinalBest]:
     best = np.argmax(np.where(np.isnan(acc), -np.inf, acc), axis=1)  # the first of equal bests
     return [FinalBest(int(steps[-1]), float(a[-1]), float(l[-1]), int(steps[i]), float(a[i]))
             for a, l, i in zip(acc, loss, best)]
+
+
+def mean_final(history: dict, metric: str) -> float:
+    """The members' mean of the last test ``metric`` ("accuracy" or "loss") that has run
+    (``final_and_best``); NaN if none has, or if every member's is NaN."""
+    finals = [r.final_accuracy if metric == "accuracy" else r.final_loss for r in final_and_best(history)]
+    return float(nan_reduce(np.nanmean, np.asarray(finals)))
 
 
 def summarize(history: dict) -> dict:

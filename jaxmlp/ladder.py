@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from jaxmlp import history as hist
-from jaxmlp import records
+from jaxmlp import records, runs
 from jaxmlp.config import GORNER_MNIST, PRESETS, Config
 
 FILES = ("ladder.json", "ladder.md", "ladder.png")
@@ -61,7 +61,7 @@ def run_ladder(dataset: str, *, out_dir: str | os.PathLike, seeds: int,
     rung_configs = configs(dataset, seeds, presets=presets, **overrides)
     out = records.check_writable(out_dir)
     taken = [name for name in rung_configs
-             if any((out / name / f).exists() for f in records.RunFiles.all_names())]
+             if any((out / name / f).exists() for f in runs.RunFiles.all_names())]
     if taken and not overwrite:  # refuse before loading anything, not at the third rung
         raise records.RecordError(f"{out} already holds the rungs {', '.join(taken)}; "
                                   f"pass overwrite (--overwrite) to replace them")
@@ -81,7 +81,7 @@ def run_ladder(dataset: str, *, out_dir: str | os.PathLike, seeds: int,
             history = run.train_and_evaluate(config, out_dir=str(run_dir), dataset=data,
                                              overwrite=overwrite, quiet=quiet).history
         except run.Diverged:  # every member diverged; the record is saved: report it, go on
-            history = records.load_run(run_dir)[1]
+            history = runs.load_run(run_dir)[1]
         histories[name] = history
         rungs[name] = rung_result(config, history, run_dir, time.perf_counter() - t0)
         log(describe_rung(name, rungs[name]))
@@ -121,7 +121,7 @@ def rewrite(out_dir: str | os.PathLike) -> dict:
     histories, rungs = {}, {}
     for name in order:
         old = ladder["rungs"][name]
-        histories[name] = records.load_run(old["run_dir"])[1]
+        histories[name] = runs.load_run(old["run_dir"])[1]
         rungs[name] = rung_result(Config.from_dict(old["config"]), histories[name], old["run_dir"],
                                   old["wall_seconds"])
     ladder = {**ladder, "presets": order, "rungs": rungs}

@@ -230,9 +230,16 @@ def _record(start, state, history, metrics, data, *, eval_every: int, eval_batch
         state, m, ok = _guard(start, state, m, end > 0)
         test = evaluate(state, data.test_images, data.test_labels)
         test = _mark_dead(test, ok & ~jnp.isnan(test["loss"]))  # NaN would read as "not run"
-        history = write_eval(write_train(history, end - n, m), end // eval_every, test, state.params)
+        i = end // eval_every
+        history = write_eval(write_train(history, end - n, m), i, test, state.params)
         return state, history, {"alive": ok, "test_loss": test["loss"],
-                                "test_accuracy": test["accuracy"]}
+                                "test_accuracy": test["accuracy"],
+                                # For live charts: the chunk's mean train metrics and the
+                                # percentiles just written, (L, P): a few numbers more per chunk.
+                                "train_loss": jnp.mean(m["loss"]),
+                                "train_accuracy": jnp.mean(m["accuracy"]),
+                                "weight_percentiles": history["weight_percentiles"][i],
+                                "bias_percentiles": history["bias_percentiles"][i]}
 
     state, history, report = (jax.vmap(one) if ensemble else one)(start, state, history, m)
     return state, history, {**report, "step": end}

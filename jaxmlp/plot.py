@@ -28,18 +28,15 @@ from matplotlib.patches import Patch
 
 from jaxmlp import history as hist
 from jaxmlp import records
-from jaxmlp.records import FILES, RunFiles
+from jaxmlp.runs import FILES, RunFiles
 
 DPI = 100
 CURVES_SIZE = (1200, 500)
 """Pixel size (width, height) of ``accuracy.png`` and ``cross_entropy.png``."""
 DASHBOARD_SIZE = (1600, 1000)
 """Pixel size (width, height) of every dashboard PNG."""
-FIGURE_SIZES = {
-    FILES.accuracy_png: CURVES_SIZE,
-    FILES.cross_entropy_png: CURVES_SIZE,
-    FILES.dashboard_png: DASHBOARD_SIZE,
-}
+FIGURE_SIZES = {FILES.accuracy_png: CURVES_SIZE, FILES.cross_entropy_png: CURVES_SIZE,
+                FILES.dashboard_png: DASHBOARD_SIZE}
 ACCURACY_ZOOM = (0.85, 1.0)
 """The zoomed accuracy panel's range, as in the original."""
 MAX_DIGITS = 24
@@ -146,9 +143,7 @@ def _draw_metric(ax, runs, metric: str) -> None:
 
 def _final_text(h: dict, metric: str) -> str:
     """"final test X": the last evaluation's value (the members' mean for an ensemble)."""
-    finals = [r.final_accuracy if metric == "accuracy" else r.final_loss for r in hist.final_and_best(h)]
-    last = float(hist.nan_reduce(np.nanmean, np.asarray(finals)))
-    return f"final test {last:.4f}" if metric == "accuracy" else f"final test {last:.3f}"
+    return f"final test {hist.mean_final(h, metric):.{4 if metric == 'accuracy' else 3}f}"
 
 
 def _legend_handles(runs, metric: str) -> list:
@@ -157,10 +152,9 @@ def _legend_handles(runs, metric: str) -> list:
         prefix, final = f"{label}: " if label else "", _final_text(h, metric)
         if len(names) > 1:
             if len(runs) == 1 and len(names) <= 10:
-                status = hist.member_status(h)
                 handles += [Line2D([], [], color=c, linewidth=1, marker="x" if s != "finite" else None,
                                    label=f"test, {n}" + (f" ({s})" if s != "finite" else ""))
-                            for n, c, s in zip(names, member_colors, status)]
+                            for n, c, s in zip(names, member_colors, hist.member_status(h))]
             handles.append(Line2D([], [], color=color, linewidth=2.2,
                                   label=f"{prefix}mean of {len(names)} ({final})"))
             handles.append(Patch(color=color, alpha=_BAND_ALPHA * 2, label=f"test min–max of {len(names)}"))
@@ -239,9 +233,7 @@ def _band_alpha(i: int) -> float:
 
 
 def _draw_percentiles(ax, steps: np.ndarray, values: np.ndarray, levels: np.ndarray, color: str) -> None:
-    """Nested bands between symmetric percentile levels, darker inwards; the median as a line."""
-    order = np.argsort(levels)
-    levels, values = levels[order], values[:, order]
+    """Nested bands between the symmetric (ascending) levels, darker inwards; the median as a line."""
     p = len(levels)
     for i in range(p // 2):
         ax.fill_between(steps, values[:, i], values[:, p - 1 - i], color=color,
@@ -253,8 +245,7 @@ def _draw_percentiles(ax, steps: np.ndarray, values: np.ndarray, levels: np.ndar
 
 
 def _percentile_legend(levels: np.ndarray, color: str) -> list:
-    levels = np.sort(levels)
-    p = len(levels)
+    p = len(levels)  # ascending
     # Band i lies under bands 0..i, so its visible opacity is the layers' composite.
     opacity = [1 - math.prod(1 - _band_alpha(j) for j in range(i + 1)) for i in range(p // 2)]
     handles = [Patch(color=color, alpha=opacity[i], label=f"{levels[i]:g}–{levels[p - 1 - i]:g}%")
@@ -293,19 +284,15 @@ _PERCENTILE_ROWS = {"weight_percentiles": ("weights", "C0"), "bias_percentiles":
 def _draw_percentile_rows(sub, history: dict, last: int) -> None:
     """Percentile bands of each layer's weights (one row) and biases (the other) at every
     evaluation; for an ensemble, the members' mean."""
-    levels = np.asarray(history["percentiles"], dtype=np.float64)
-    steps = hist.by_member(history, "test_step")[0]
+    levels, steps, rows = hist.percentile_means(history, _PERCENTILE_ROWS)  # rows: (E, L, P)
     k = hist.num_members(history)
-    rows = {key: hist.nan_reduce(np.nanmean, hist.by_member(history, key).astype(np.float64))  # (E, L, P)
-            for key in _PERCENTILE_ROWS}
-    n = min(steps.size, *(v.shape[0] for v in rows.values()))
     n_layers = rows["weight_percentiles"].shape[1]
     axes = sub.subplots(len(rows), n_layers, sharex=True, squeeze=False, gridspec_kw=dict(
         left=0.07, right=0.98, bottom=0.17, top=0.88, wspace=0.35, hspace=0.35))
     for r, (key, v) in enumerate(rows.items()):
         name, color = _PERCENTILE_ROWS[key]
         for layer, ax in enumerate(axes[r]):
-            _draw_percentiles(ax, steps[:n], v[:n, layer], levels, color)
+            _draw_percentiles(ax, steps, v[:, layer], levels, color)
             ax.set_title(f"layer {layer + 1} {name}", fontsize=10)
             ax.tick_params(labelsize=8)
             ax.grid(True, alpha=0.3)
@@ -326,7 +313,7 @@ def _dashboard_title(history: dict, label: str | None) -> str:
     if len(results) == 1:
         return (f"{label or 'run'} — test accuracy {top.final_accuracy:.4f} at step {top.final_step} "
                 f"(best {top.best_accuracy:.4f} at step {top.best_step})")
-    mean = float(hist.nan_reduce(np.nanmean, np.asarray([r.final_accuracy for r in results])))
+    mean = hist.mean_final(history, "accuracy")
     diverged = sum(s is not None for s in hist.first_nonfinite_steps(history))
     return (f"{label or 'run'} — mean test accuracy {mean:.4f} at step {top.final_step} "
             f"(best member {top.best_accuracy:.4f} at step {top.best_step}) — ensemble of {len(results)}"
@@ -350,9 +337,8 @@ def dashboard_figure(history: dict, misclassified: dict | None = None, label: st
     if n_wrong:
         left, right = fig.subfigures(1, 2, width_ratios=[2.5, 1])
         _draw_digits(right, misclassified)
-    has_pct = all(k in history for k in ("percentiles", *_PERCENTILE_ROWS))
     top = left
-    if has_pct:
+    if all(k in history for k in ("percentiles", *_PERCENTILE_ROWS)):
         top, bottom = left.subfigures(2, 1, height_ratios=[1, 1.35])
         _draw_percentile_rows(bottom, history, hist.last_step(history))
 

@@ -45,11 +45,13 @@ class Reporter:
             print(text, flush=True)
 
     def chunk(self, step: int, test_accuracy: np.ndarray, test_loss: np.ndarray,
-              alive: np.ndarray) -> None:
+              alive: np.ndarray, **extra) -> None:
         """Advance to ``step``; print a test line every ``log_every`` steps.
 
         Arrays are (K,) over members, K = 1 for a single model; ``alive`` marks
-        members still training (diverged ones have NaN metrics).
+        members still training (diverged ones have +inf losses, NaN accuracies).
+        ``extra``: the chunk's mean train loss and accuracy and the parameter
+        percentiles, for reporters that draw them (``jaxmlp.live``).
         """
         if self.quiet:
             return

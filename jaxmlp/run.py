@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmlp import checkpoint, data, loop, model, parallel, records, train
+from jaxmlp import checkpoint, data, loop, model, parallel, records, runs, train
 from jaxmlp import history as hist
 from jaxmlp.config import Config, ConfigError
 from jaxmlp.report import Reporter
@@ -105,7 +105,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
         run_c, record_c, no_metrics = _compile(config, placement, dev_data, state, history, orders)
         clock["compiled"] = time.perf_counter()
         _stop_if_signalled(stop, "during start-up: nothing was trained and nothing written")
-        mngr = (checkpoint.manager(records.RunFiles.under(out_dir).checkpoints)
+        mngr = (checkpoint.manager(runs.RunFiles.under(out_dir).checkpoints)
                 if out_dir is not None and jax.process_count() == 1 else None)
         if resume:
             state, history = placement.put_state(checkpoint.restore(mngr, state, history))
@@ -113,7 +113,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
             copy = jax.tree.map(jnp.copy, state)  # ``record`` donates its first argument
             state, history, _ = record_c(copy, state, history, no_metrics, dev_data)  # step 0
             if out_dir is not None:
-                records.atomic_write_json(records.RunFiles.under(out_dir).config, config.to_dict())
+                records.atomic_write_json(runs.RunFiles.under(out_dir).config, config.to_dict())
         reporter = reporter or Reporter(quiet=quiet)
         outcome = _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop,
                        len(dataset.train_labels))
@@ -138,16 +138,16 @@ def _prepare_folder(config: Config, out_dir, *, resume: bool, overwrite: bool):
             return None
     if out_dir is None:
         return None
-    files = records.RunFiles.under(out_dir)
+    files = runs.RunFiles.under(out_dir)
     if resume:
         done = checkpoint.latest_step(files.checkpoints)  # one-line RecordError if unreadable
         if done >= config.steps:
             raise AlreadyComplete(f"{out_dir} already ran all {config.steps} steps; nothing to do")
-    elif records.holds_a_run(out_dir):
+    elif runs.holds_a_run(out_dir):
         if not overwrite:
             raise records.RecordError(f"{out_dir} already holds a run; continue it with --resume "
                                       f"{out_dir}, or replace it with --overwrite")
-        records.clear_run(out_dir)
+        runs.clear_run(out_dir)
     records.check_writable(out_dir, min_free_bytes=_output_bytes(config))
     return out_dir
 
@@ -211,7 +211,9 @@ def _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop
             step = int(report["step"])
             alive = np.atleast_1d(report["alive"])
             reporter.chunk(step, np.atleast_1d(report["test_accuracy"]),
-                           np.atleast_1d(report["test_loss"]), alive)
+                           np.atleast_1d(report["test_loss"]), alive,
+                           **{k: report[k] for k in ("train_loss", "train_accuracy",
+                                                     "weight_percentiles", "bias_percentiles")})
             if not alive.any():
                 status = "diverged"
                 break
@@ -270,7 +272,7 @@ def write_records(out_dir, config: Config, outcome: _Outcome, dataset: data.Data
     """history.npz, misclassified.npz, the figures and summary.json (last), each atomically."""
     from jaxmlp import plot  # matplotlib is only needed once a run ends
 
-    files = records.RunFiles.under(out_dir)
+    files = runs.RunFiles.under(out_dir)
     records.atomic_save_npz(files.history, outcome.history)
     wrong = None
     if not config.is_ensemble:

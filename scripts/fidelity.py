@@ -57,40 +57,14 @@ def run_original(tf, seed: int, steps: int, train_x, train_y, test_x, test_y) ->
     cross_entropy])`` on the same batch; the whole test set every 100 steps.
     Images: (N, 28, 28, 1) float32 in [0, 1]; labels one-hot float32.
     """
+    from jaxmlp.bench.original import build
+
     tf1 = tf.compat.v1
     graph = tf.Graph()
     with graph.as_default():
-        tf1.set_random_seed(seed)
-        X = tf1.placeholder(tf.float32, [None, 28, 28, 1])
-        Y_ = tf1.placeholder(tf.float32, [None, 10])
-        L, M, N, O = 200, 100, 60, 30
-        W1 = tf1.Variable(tf1.truncated_normal([784, L], stddev=0.1))
-        B1 = tf1.Variable(tf.zeros([L]))
-        W2 = tf1.Variable(tf1.truncated_normal([L, M], stddev=0.1))
-        B2 = tf1.Variable(tf.zeros([M]))
-        W3 = tf1.Variable(tf1.truncated_normal([M, N], stddev=0.1))
-        B3 = tf1.Variable(tf.zeros([N]))
-        W4 = tf1.Variable(tf1.truncated_normal([N, O], stddev=0.1))
-        B4 = tf1.Variable(tf.zeros([O]))
-        W5 = tf1.Variable(tf1.truncated_normal([O, 10], stddev=0.1))
-        B5 = tf1.Variable(tf.zeros([10]))
-
-        XX = tf.reshape(X, [-1, 784])
-        Y1 = tf.nn.relu(tf.matmul(XX, W1) + B1)
-        Y2 = tf.nn.relu(tf.matmul(Y1, W2) + B2)
-        Y3 = tf.nn.relu(tf.matmul(Y2, W3) + B3)
-        Y4 = tf.nn.relu(tf.matmul(Y3, W4) + B4)
-        Ylogits = tf.matmul(Y4, W5) + B5
-        Y = tf.nn.softmax(Ylogits)
-
-        cross_entropy = -tf.reduce_sum(Y_ * tf1.log(Y + 1e-10))
-        correct_prediction = tf.equal(tf.argmax(Y, 1), tf.argmax(Y_, 1))
-        accuracy = tf.reduce_mean(tf.cast(correct_prediction, tf.float32))
-        train_step = tf1.train.GradientDescentOptimizer(LR_ORIGINAL).minimize(cross_entropy)
+        g = build(tf, seed=seed)
         init = tf1.global_variables_initializer()
-        # Not in the original: read-outs for the report.
-        p_true = tf.reduce_sum(Y_ * Y, 1)
-        variables = [W1, B1, W2, B2, W3, B3, W4, B4, W5, B5]
+    X, Y_, accuracy, cross_entropy = g["X"], g["Y_"], g["accuracy"], g["cross_entropy"]
 
     shuffle = np.random.RandomState(seed)
     n = len(train_x)
@@ -106,18 +80,18 @@ def run_original(tf, seed: int, steps: int, train_x, train_y, test_x, test_y) ->
             idx = order[(i % per_epoch) * B:(i % per_epoch + 1) * B]
             batches.append(idx)
             feed = {X: train_x[idx], Y_: train_y[idx]}
-            sess.run(train_step, feed)
+            sess.run(g["train_step"], feed)
             a, c = sess.run([accuracy, cross_entropy], feed)  # post-update, as the original
             train_acc.append(a)
             train_loss.append(c / B)  # per image, as jaxmlp records it
             if blow_up is None and not c / B <= BLOW_UP_LOSS:
-                blow_up = {"step": i + 1, "loss": c / B, "params": sess.run(variables)}
+                blow_up = {"step": i + 1, "loss": c / B, "params": sess.run(g["variables"])}
             if (i + 1) % EVAL_EVERY == 0:
                 a, c = sess.run([accuracy, cross_entropy], {X: test_x, Y_: test_y})
                 test_steps.append(i + 1)
                 test_acc.append(a)
                 test_loss.append(c / len(test_x))
-        capped = float(np.mean(sess.run(p_true, {X: test_x, Y_: test_y}) < 1e-10))
+        capped = float(np.mean(sess.run(g["p_true"], {X: test_x, Y_: test_y}) < 1e-10))
     out = {"train_loss": np.asarray(train_loss), "train_accuracy": np.asarray(train_acc),
            "test_step": np.asarray(test_steps), "test_accuracy": np.asarray(test_acc),
            "test_loss": np.asarray(test_loss), "test_capped_fraction": capped, "blow_up": blow_up}
@@ -315,7 +289,8 @@ def report(args, seeds, jax_side, tf_side, tf_runs, timings, overlap, n_train, n
         f"train_metrics=\"after\", steps={steps}, seeds={tuple(seeds)})`, one "
         f"`train_and_evaluate` call (every other field default: lr 0.3 on the batch-mean "
         f"loss, i.e. the original's 0.003 on the sum); backend {env['jax_backend']}.",
-        f"- Original: `scripts/fidelity.py:run_original`, the 2017 graph in `tf.compat.v1` "
+        f"- Original: `scripts/fidelity.py:run_original`, the 2017 graph "
+        f"(`jaxmlp.bench.original.build`) in `tf.compat.v1` "
         f"graph mode (`-reduce_sum(Y_ * log(Y + 1e-10))`, `GradientDescentOptimizer(0.003)`), "
         f"test set scored every {EVAL_EVERY} steps; `TF_ENABLE_ONEDNN_OPTS="
         f"{os.environ.get('TF_ENABLE_ONEDNN_OPTS', '(unset)')}`.",

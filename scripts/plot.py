@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxmlp import plot, records
-from jaxmlp.records import RunFiles
+from jaxmlp.runs import RunFiles, load_run, run_labels
 
 
 def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -26,7 +26,7 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike 
 
     One run: its three figures, by default into its own folder. Several runs
     (``out_dir`` required): the two curve figures overlay them, labelled by
-    ``records.run_labels``, and each gets a dashboard named by
+    ``run_labels``, and each gets a dashboard named by
     ``RunFiles.dashboards``. Every run is read before anything is drawn, so
     an unreadable one fails (``records.RecordError``, one line) with nothing written.
     """
@@ -34,9 +34,9 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike 
     if out_dir is None and len(run_dirs) > 1:
         raise ValueError("--out DIR is required when plotting several runs")
     out_dir = run_dirs[0] if out_dir is None else out_dir
-    loaded = [records.load_run(d) for d in run_dirs]
+    loaded = [load_run(d) for d in run_dirs]
     out = records.check_writable(out_dir, min_free_bytes=16 * 2**20)
-    labels = records.run_labels(run_dirs)
+    labels = run_labels(run_dirs)
     if len(run_dirs) == 1:
         _, history, wrong = loaded[0]
         return plot.plot_history(history, out, misclassified=wrong, label=labels[0])

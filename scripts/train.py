@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     fields = {f.name for f in dataclasses.fields(Config)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    from jaxmlp import records  # no JAX: flags are checked before paying for it
+    from jaxmlp import records, runs  # no JAX: flags are checked before paying for it
     from jaxmlp.config import ConfigError, resumed
 
     try:
@@ -83,11 +83,11 @@ def main(argv=None) -> int:
             if args.preset or args.out or args.overwrite:
                 raise ConfigError("--resume continues the saved run in its own folder; "
                                   "drop --preset, --out and --overwrite")
-            saved = Config.from_dict(records.read_config(args.resume))
+            saved = Config.from_dict(runs.read_config(args.resume))
             config, out = resumed(saved, **given), args.resume
         else:
             config = Config.from_preset(args.preset or "relu", **given)
-            out = args.out or records.new_run_dir("runs", config.dataset)
+            out = args.out or runs.new_run_dir("runs", config.dataset)
     except (ConfigError, records.RecordError) as e:  # bad flags or an unreadable run: no work done
         print(f"error: {e}", file=sys.stderr)
         return 2

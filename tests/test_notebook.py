@@ -19,7 +19,7 @@ import nbformat
 import numpy as np
 import pytest
 
-from jaxmlp import data, idx, notebook, report
+from jaxmlp import data, idx, live, notebook, plot, report
 from jaxmlp.config import Config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -216,7 +216,7 @@ def test_live_frame_draws_the_extras_when_given(k):
     for ax in (ax_w, ax_b):
         assert [line.get_label() for line in ax.lines] == [f"layer {i}" for i in range(1, 6)]
     assert "step 500 of 1,000" in fig._suptitle.get_text()
-    assert png_size(notebook.png_bytes(fig)) == (800, 512)
+    assert png_size(plot.png_bytes(fig)) == (800, 512)
 
 
 def test_live_frame_without_extras_shows_test_curves_and_says_what_is_missing():
@@ -243,7 +243,7 @@ def test_frames_replace_one_output_through_a_display_handle(monkeypatch):
         return Handle()
 
     monkeypatch.setattr(IPython.display, "display", display)
-    show = notebook._DisplayHandle()
+    show = live._DisplayHandle()
     for png in (b"a", b"b", b"c"):
         show(PNG + png)
     assert calls == [("display", True, PNG + b"a"), ("update", PNG + b"b"), ("update", PNG + b"c")]

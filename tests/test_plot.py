@@ -17,6 +17,7 @@ import pytest
 from conftest import ROOT, child_env, synthetic_history
 from jaxmlp import history as hist
 from jaxmlp import plot, records
+from jaxmlp.runs import RunFiles
 
 
 def synthetic_misclassified(m: int) -> dict:
@@ -206,7 +207,7 @@ def test_plotting_imports_neither_jax_nor_tensorflow():
 
 def save_run(run_dir: Path, history: dict, misclassified: dict | None = None) -> Path:
     run_dir.mkdir(parents=True)
-    files = records.RunFiles.under(run_dir)
+    files = RunFiles.under(run_dir)
     records.atomic_save_npz(files.history, history)
     summary = {"final_test_accuracy": float(history["test_accuracy"][..., -1].mean())}
     records.atomic_write_json(files.summary, summary)

@@ -19,8 +19,8 @@ import pytest
 
 from conftest import ROOT, child_env
 from jaxmlp import history as hist
-from jaxmlp import records
-from jaxmlp.records import FILES, RunFiles
+from jaxmlp import records, runs
+from jaxmlp.runs import FILES, RunFiles
 
 
 def _strict_json(text: str):
@@ -242,39 +242,39 @@ def test_load_run_reads_what_was_written_and_marks_optional_files(tmp_path):
     history = {"train_loss": f32(2.3, 1.0), "train_accuracy": f32(0.1, 0.5), "test_step": np.array([0, 2]),
                "test_loss": f32(2.3, 0.9), "test_accuracy": f32(0.1, 0.6)}
     records.atomic_save_npz(tmp_path / FILES.history, history)
-    summary, h, wrong = records.load_run(tmp_path)
+    summary, h, wrong = runs.load_run(tmp_path)
     assert summary is None and wrong is None
     np.testing.assert_array_equal(h["train_loss"], history["train_loss"])
     records.atomic_write_json(tmp_path / FILES.summary, {"final_test_accuracy": 0.98})
     records.atomic_save_npz(tmp_path / FILES.misclassified,
                             {"image": np.zeros((0, 28, 28), np.uint8), "predicted": np.zeros(0, np.int32),
                              "label": np.zeros(0, np.int32)})
-    summary, _, wrong = records.load_run(tmp_path)
+    summary, _, wrong = runs.load_run(tmp_path)
     assert summary == {"final_test_accuracy": 0.98} and wrong["image"].shape == (0, 28, 28)
 
 
 def test_load_run_errors_are_one_line_and_name_the_problem(tmp_path):
     with pytest.raises(records.RecordError, match="does not exist"):
-        records.load_run(tmp_path / "nope")
+        runs.load_run(tmp_path / "nope")
     with pytest.raises(records.RecordError, match=r"no history\.npz in") as e:
-        records.load_run(tmp_path)
+        runs.load_run(tmp_path)
     assert "\n" not in str(e.value)
     records.atomic_save_npz(tmp_path / FILES.history, {"train_loss": np.zeros(3)})
     with pytest.raises(records.RecordError, match="lacks the arrays train_accuracy, test_step"):
-        records.load_run(tmp_path)
+        runs.load_run(tmp_path)
     (tmp_path / FILES.history).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(records.RecordError, match="cannot read") as e:
-        records.load_run(tmp_path)
+        runs.load_run(tmp_path)
     assert "\n" not in str(e.value)
 
 
 def test_load_run_requires_what_the_schema_marks_required(tmp_path, monkeypatch):
     h = {k: np.zeros(2, np.float32) for k in hist.REQUIRED}
     records.atomic_save_npz(tmp_path / FILES.history, h)
-    records.load_run(tmp_path)  # the optional keys (train_step, percentiles, ...) may be absent
+    runs.load_run(tmp_path)  # the optional keys (train_step, percentiles, ...) may be absent
     monkeypatch.setattr(hist, "REQUIRED", (*hist.REQUIRED, "train_grad_norm"))
     with pytest.raises(records.RecordError, match="lacks the arrays train_grad_norm"):
-        records.load_run(tmp_path)
+        runs.load_run(tmp_path)
 
 
 # --- run folder names ----------------------------------------------------------
@@ -306,5 +306,5 @@ def test_dashboards_of_several_runs_get_distinct_safe_names():
 
 
 def test_run_labels_are_short_and_distinct():
-    assert records.run_labels(["runs/a", "runs/b"]) == ["a", "b"]
-    assert records.run_labels(["x/seed0/run", "y/seed0/run"]) == ["x/seed0/run", "y/seed0/run"]
+    assert runs.run_labels(["runs/a", "runs/b"]) == ["a", "b"]
+    assert runs.run_labels(["x/seed0/run", "y/seed0/run"]) == ["x/seed0/run", "y/seed0/run"]

@@ -1,11 +1,12 @@
 """The 2017 program as an oracle: Görner's graph, rebuilt with ``tf.compat.v1``,
 fed the same parameters and batches as jaxmlp.
 
-The graph is written as the original writes it (placeholders X, Y_; W1..W5,
-B1..B5; ``-reduce_sum(Y_ * log(Y + 1e-10))``; ``GradientDescentOptimizer(0.003)``),
-with its variables set from jaxmlp's parameters instead of its own
-truncated-normal draws, so both sides start equal. The data are learnable
-synthetic digits made here. Checks:
+The graph is ``jaxmlp.bench.original.build`` (the benchmark's and
+``scripts/fidelity.py``'s too), written as the original writes it (placeholders
+X, Y_; W1..W5, B1..B5; ``-reduce_sum(Y_ * log(Y + 1e-10))``;
+``GradientDescentOptimizer(0.003)``), with its variables set from jaxmlp's
+parameters instead of its own truncated-normal draws, so both sides start
+equal. The data are learnable synthetic digits made here. Checks:
 
 * one update from the same parameters agrees to float32 rounding, at several
   points of a real jaxmlp trajectory (so neither chaos over many steps nor a
@@ -34,10 +35,10 @@ import numpy as np
 import pytest
 
 from jaxmlp import Config, evaluate, init_state, train_step
+from jaxmlp.bench.original import build as build_original
 from jaxmlp.model import layer_params
 
 B = 100  # the original's batch
-LR_ORIGINAL = 0.003  # on the summed loss; jaxmlp's 0.3 on the mean is the same update
 EPS_LOG = 1e-10  # the original's guard inside the log
 CHECK_STEPS = (0, 100, 1000, 3000)  # points of the jaxmlp trajectory where one update is compared
 N_TRAIN, N_TEST = 20_000, 2_000
@@ -134,38 +135,16 @@ class Original:
         tf1 = tf.compat.v1
         self.graph = tf.Graph()
         with self.graph.as_default():
-            X = tf1.placeholder(tf.float32, [None, 28, 28, 1])
-            Y_ = tf1.placeholder(tf.float32, [None, 10])
             # The original draws W ~ truncated_normal(stddev=0.1), B = 0; here jaxmlp's draw.
-            (w1, b1), (w2, b2), (w3, b3), (w4, b4), (w5, b5) = [
-                (np.asarray(w), np.asarray(b)) for w, b in layers]
-            W1, B1 = tf1.Variable(w1), tf1.Variable(b1)
-            W2, B2 = tf1.Variable(w2), tf1.Variable(b2)
-            W3, B3 = tf1.Variable(w3), tf1.Variable(b3)
-            W4, B4 = tf1.Variable(w4), tf1.Variable(b4)
-            W5, B5 = tf1.Variable(w5), tf1.Variable(b5)
-
-            XX = tf.reshape(X, [-1, 784])
-            Y1 = tf.nn.relu(tf.matmul(XX, W1) + B1)
-            Y2 = tf.nn.relu(tf.matmul(Y1, W2) + B2)
-            Y3 = tf.nn.relu(tf.matmul(Y2, W3) + B3)
-            Y4 = tf.nn.relu(tf.matmul(Y3, W4) + B4)
-            Ylogits = tf.matmul(Y4, W5) + B5
-            Y = tf.nn.softmax(Ylogits)
-
-            cross_entropy = -tf.reduce_sum(Y_ * tf1.log(Y + 1e-10))
-            correct_prediction = tf.equal(tf.argmax(Y, 1), tf.argmax(Y_, 1))
-            accuracy = tf.reduce_mean(tf.cast(correct_prediction, tf.float32))
-            train_step = tf1.train.GradientDescentOptimizer(LR_ORIGINAL).minimize(cross_entropy)
-
-            # Not in the original: read-outs for the checks, and a way to set the variables.
-            self.p_true = tf.reduce_sum(Y_ * Y, 1)
-            self.variables = [W1, B1, W2, B2, W3, B3, W4, B4, W5, B5]
+            g = build_original(tf, initial=[(np.asarray(w), np.asarray(b)) for w, b in layers])
+            # Not in the original: a way to set the variables.
+            self.variables = g["variables"]
             self._values = [tf1.placeholder(tf.float32, v.shape) for v in self.variables]
             self._assign = tf.group(*[v.assign(p) for v, p in zip(self.variables, self._values)])
             init = tf1.global_variables_initializer()
-        self.X, self.Y_ = X, Y_
-        self.cross_entropy, self.accuracy, self.train_step = cross_entropy, accuracy, train_step
+        self.X, self.Y_, self.p_true = g["X"], g["Y_"], g["p_true"]
+        self.cross_entropy, self.accuracy, self.train_step = (
+            g["cross_entropy"], g["accuracy"], g["train_step"])
         config = tf1.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=1,
                                  device_count={"GPU": 0})
         self.sess = tf1.Session(graph=self.graph, config=config)

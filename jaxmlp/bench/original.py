@@ -12,6 +12,8 @@ the same batch (after the update); the whole test set is scored at step 0 and
 every 100 steps (jaxmlp's 101 evaluations). The arrays are jaxmlp's
 (``jaxmlp.data.load``), scaled to [0, 1] and one-hot encoded on the host once,
 as the original's ``input_data`` did. TensorFlow is imported only here.
+``build`` is the one copy of the 2017 graph: ``tests/test_seed_oracle.py`` and
+``scripts/fidelity.py`` build theirs with it too.
 """
 
 from __future__ import annotations
@@ -37,24 +39,45 @@ def host_arrays(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.
     return x, np.eye(10, dtype=np.float32)[labels]
 
 
-def build(tf, seed: int) -> dict:
-    """The 2017 graph in the default graph: placeholders, train op, accuracy, cross-entropy."""
-    v1 = tf.compat.v1
-    v1.set_random_seed(seed)
-    X = v1.placeholder(tf.float32, [None, 28, 28, 1])
-    Y_ = v1.placeholder(tf.float32, [None, 10])
-    weights = [v1.Variable(v1.truncated_normal([a, b], stddev=0.1)) for a, b in zip(SIZES[:-1], SIZES[1:])]
-    biases = [v1.Variable(v1.zeros([b])) for b in SIZES[1:]]
-    Y = v1.reshape(X, [-1, SIZES[0]])
-    for W, B in zip(weights[:-1], biases[:-1]):
-        Y = v1.nn.relu(v1.matmul(Y, W) + B)
-    Y = v1.nn.softmax(v1.matmul(Y, weights[-1]) + biases[-1])
-    cross_entropy = -v1.reduce_sum(Y_ * v1.log(Y + 1e-10))
-    correct = v1.equal(v1.argmax(Y, 1), v1.argmax(Y_, 1))
-    accuracy = v1.reduce_mean(v1.cast(correct, tf.float32))
-    train_step = v1.train.GradientDescentOptimizer(LEARNING_RATE).minimize(cross_entropy)
-    return {"X": X, "Y_": Y_, "train_step": train_step, "accuracy": accuracy,
-            "cross_entropy": cross_entropy}
+def build(tf, seed: int | None = None, initial=None) -> dict:
+    """The 2017 graph, in the default graph, written as the notebook writes it.
+
+    Placeholders X [None, 28, 28, 1] and Y_ [None, 10]; W1..W5, B1..B5 either drawn
+    as the original draws them (``truncated_normal(stddev=0.1)``, zero biases, under
+    ``set_random_seed(seed)``) or set from ``initial`` (one (w, b) per layer);
+    ``Y = softmax(Ylogits)``, ``cross_entropy = -reduce_sum(Y_ * log(Y + 1e-10))``
+    over the batch, accuracy by argmax, ``GradientDescentOptimizer(0.003)``.
+    Returns those tensors and ops, ``variables`` [W1, B1, ..., W5, B5] and, not in
+    the original, ``p_true``: each image's probability of its true class.
+    """
+    tf1 = tf.compat.v1
+    if seed is not None:
+        tf1.set_random_seed(seed)
+    X = tf1.placeholder(tf.float32, [None, 28, 28, 1])
+    Y_ = tf1.placeholder(tf.float32, [None, 10])
+    variables = []  # W1, B1, W2, B2, ...: created in the original's order (its draws depend on it)
+    for i, (a, b) in enumerate(zip(SIZES[:-1], SIZES[1:])):
+        w, bias = (None, None) if initial is None else initial[i]
+        variables.append(tf1.Variable(tf1.truncated_normal([a, b], stddev=0.1) if w is None
+                                      else np.asarray(w)))
+        variables.append(tf1.Variable(tf.zeros([b]) if bias is None else np.asarray(bias)))
+    W1, B1, W2, B2, W3, B3, W4, B4, W5, B5 = variables
+
+    XX = tf.reshape(X, [-1, 784])
+    Y1 = tf.nn.relu(tf.matmul(XX, W1) + B1)
+    Y2 = tf.nn.relu(tf.matmul(Y1, W2) + B2)
+    Y3 = tf.nn.relu(tf.matmul(Y2, W3) + B3)
+    Y4 = tf.nn.relu(tf.matmul(Y3, W4) + B4)
+    Ylogits = tf.matmul(Y4, W5) + B5
+    Y = tf.nn.softmax(Ylogits)
+
+    cross_entropy = -tf.reduce_sum(Y_ * tf1.log(Y + 1e-10))
+    correct_prediction = tf.equal(tf.argmax(Y, 1), tf.argmax(Y_, 1))
+    accuracy = tf.reduce_mean(tf.cast(correct_prediction, tf.float32))
+    train_step = tf1.train.GradientDescentOptimizer(LEARNING_RATE).minimize(cross_entropy)
+    return {"X": X, "Y_": Y_, "Y": Y, "cross_entropy": cross_entropy, "accuracy": accuracy,
+            "train_step": train_step, "variables": variables,
+            "p_true": tf.reduce_sum(Y_ * Y, 1)}
 
 
 def train(tf, train_xy, test_xy, *, steps: int, seed: int = 0) -> dict:
@@ -62,7 +85,7 @@ def train(tf, train_xy, test_xy, *, steps: int, seed: int = 0) -> dict:
     t0 = time.perf_counter()
     graph = tf.Graph()
     with graph.as_default():
-        g = build(tf, seed)
+        g = build(tf, seed=seed)
         init = tf.compat.v1.global_variables_initializer()
     sess = tf.compat.v1.Session(graph=graph)
     sess.run(init)

@@ -5,6 +5,7 @@
 ``device_step``    per step: ``run_steps(num_steps=1)`` on device-resident data
 ``fused``          ``run_steps`` with many steps per call (``lax.scan``), uint8 data
 ``fused_f32``      the same on pre-scaled float32 data (issue 2: which is faster?)
+``fused_after``    ``fused`` with minibatch metrics after the update (the original's timing)
 ``plain_jax``      hand-written reference: (W, b) list, ``jax.grad``, manual SGD,
                    ``lax.scan`` with the same batch sampling -- no abstraction
 ``nnx_jit``        idiomatic per-step ``nnx.jit`` + ``nnx.Optimizer`` loop
@@ -31,12 +32,13 @@ from jaxmlp import loop, model, train
 from jaxmlp.bench.data import as_float32
 from jaxmlp.config import Config
 
-VARIANTS = ("host_fed", "device_step", "fused", "fused_f32", "plain_jax", "nnx_jit")
+VARIANTS = ("host_fed", "device_step", "fused", "fused_f32", "fused_after", "plain_jax", "nnx_jit")
 LABELS = {
     "host_fed": "per-step, host-fed",
     "device_step": "per-step, device data",
     "fused": "fused scan (uint8)",
     "fused_f32": "fused scan (float32)",
+    "fused_after": "fused, metrics after",
     "plain_jax": "plain-JAX scan",
     "nnx_jit": "nnx.jit per-step",
 }
@@ -125,11 +127,12 @@ def make_loop(variant: str, state: train.TrainState, *, host: dict, data: loop.D
             return train.train_step(state, {"image": images[idx], "label": labels[idx]})
 
         return Loop(_boxed(state, host_step), 1)
-    if variant in ("device_step", "fused", "fused_f32"):
+    if variant in ("device_step", "fused", "fused_f32", "fused_after"):
         steps = 1 if variant == "device_step" else scan_steps
         d = as_float32(data) if variant == "fused_f32" else data
-        return Loop(_boxed(state, lambda s: loop.run_steps(s, d, orders, num_steps=steps,
-                                                            batch_size=batch_size)), steps)
+        metrics = "after" if variant == "fused_after" else "before"
+        return Loop(_boxed(state, lambda s: loop.run_steps(
+            s, d, orders, num_steps=steps, batch_size=batch_size, metrics=metrics)), steps)
     if variant == "plain_jax":
         carry = (reference_params(state), jnp.zeros((), jnp.int32))
         lr = train.learning_rate_of(state)

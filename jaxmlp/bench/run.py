@@ -229,6 +229,8 @@ def ratios(result: dict) -> dict:
             ("flops_vs_step_matmuls", "fused FLOP/s / its own matmuls alone, batch 1000",
              ratio(flops.get((1000, "fused")), shapes)),
             ("f32_vs_uint8", "fused float32 data / uint8 data, batch 100",
-             ratio(rate.get((100, "fused_f32")), rate.get((100, "fused"))))):
+             ratio(rate.get((100, "fused_f32")), rate.get((100, "fused")))),
+            ("after_vs_before", "fused with metrics after / before the update, batch 100",
+             ratio(rate.get((100, "fused_after")), rate.get((100, "fused"))))):
         out[key] = {"what": what, "target": None, "applies": False, "met": None, "value": value}
     return out

@@ -1,0 +1,88 @@
+"""The warm data cache: the decoded arrays of each split string, while their TFDS dataset stands.
+
+``<data_dir>/jaxmlp_cache/<name>/<version>/<split>.npz``, one file per split
+string (``train``, ``train[5000:]``, ...), holds ``images`` (N, 28, 28) uint8,
+``labels`` (N,) int32 and ``token``: the identity of the prepared TFDS dataset
+``<data_dir>/<name>/<version>`` they were decoded from. An entry counts only
+while that dataset is still there unchanged. ``jaxmlp.data.load`` reads it
+first and fills it after decoding; files are written with
+``records.atomic_save_npz``. Imports neither TFDS nor TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.parse
+import warnings
+
+import numpy as np
+
+from jaxmlp import idx, records
+
+CACHE_DIR = "jaxmlp_cache"
+
+
+def dataset_token(data_dir: str, name: str, version: str) -> str | None:
+    """Identity of the prepared TFDS dataset, or None if it is not there.
+
+    Names, sizes and modification times of its files: cheap, changed by any rebuild
+    (content alone is not enough: two builds of random images have identical
+    metadata), and kept by copies that preserve times (cp -p, rsync -a).
+    """
+    folder = os.path.join(data_dir, name, version)
+    try:
+        if not os.path.isfile(os.path.join(folder, "dataset_info.json")):
+            return None
+        h = hashlib.sha256()
+        for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+            st = entry.stat()
+            h.update(f"{entry.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def entry_path(data_dir: str, name: str, version: str, split: str) -> str:
+    # One file per split string, so "train" and "train[5000:]" never share an entry;
+    # quoted because split strings hold "[", ":" and "%" ("train" stays train.npz).
+    fname = urllib.parse.quote(split, safe="") + ".npz"
+    return os.path.join(data_dir, CACHE_DIR, name, version, fname)
+
+
+def read(data_dir: str, name: str, version: str, splits) -> dict:
+    """{split: (images, labels)} for each of ``splits`` the cache holds intact and current."""
+    token = dataset_token(data_dir, name, version)
+    if token is None:
+        return {}
+    out = {}
+    for split in splits:
+        try:
+            with np.load(entry_path(data_dir, name, version, split), allow_pickle=False) as z:
+                images, labels, entry_token = z["images"], z["labels"], str(z["token"])
+        except Exception:  # missing, truncated or foreign file: treat as a miss and rebuild
+            continue
+        ok = (entry_token == token and images.dtype == np.uint8 and labels.dtype == np.int32
+              and images.ndim == 3 and images.shape[1:] == (idx.SIDE, idx.SIDE)
+              and labels.shape == images.shape[:1])
+        if ok:
+            out[split] = (images, labels)
+    return out
+
+
+def store(ds, data_dir: str, skip=()):
+    """Write the splits of ``ds`` (a ``jaxmlp.data.Dataset``; but those in ``skip``, already
+    cached) to the warm cache (best effort) and return it."""
+    token = dataset_token(data_dir, ds.name, ds.version)
+    try:
+        for split, images, labels in ((ds.train_split, ds.train_images, ds.train_labels),
+                                      (ds.test_split, ds.test_images, ds.test_labels)):
+            if split in skip:
+                continue
+            path = entry_path(data_dir, ds.name, ds.version, split)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            records.atomic_save_npz(path, {"images": images, "labels": labels, "token": np.str_(token)})
+    except OSError as e:  # e.g. a shared read-only data dir: loading still works, only slower
+        warnings.warn(f"jaxmlp: could not write the data cache under {data_dir} ({e}); "
+                      f"the next load will decode through TFDS again", stacklevel=3)
+    return ds
