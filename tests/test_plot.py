@@ -62,14 +62,13 @@ def assert_figure_file(path: Path) -> None:
 
 
 def _with_nonfinite(h: dict) -> dict:
-    """Diverged at step 151. The test accuracy stays a number, as in a real run (argmax of
-    NaN logits still picks a class); a NaN one would mean "not evaluated yet"."""
+    """Diverged at step 151, written as jaxmlp's loop writes a diverged model: losses +inf,
+    accuracies NaN from the first bad step (a NaN loss would mean "not run yet")."""
     h = {k: v.copy() for k, v in h.items()}
-    h["train_loss"][..., 150] = np.inf
-    h["train_loss"][..., 151:] = np.nan
-    h["train_accuracy"][..., 151:] = np.nan
-    h["test_loss"][..., 4:] = np.nan
-    h["test_accuracy"][..., 4:] = 0.1
+    h["train_loss"][..., 150:] = np.inf
+    h["train_accuracy"][..., 150:] = np.nan
+    h["test_loss"][..., 4:] = np.inf
+    h["test_accuracy"][..., 4:] = np.nan
     return h
 
 
@@ -114,11 +113,12 @@ def test_dashboard_size_does_not_depend_on_the_misclassified_digits(wrong, tmp_p
 def test_digit_grid_titles_say_predicted_and_true(tmp_path):
     wrong = synthetic_misclassified(30)
     fig = plot.dashboard_figure(synthetic_history(), wrong, "run")
-    titles = [ax.get_title() for ax in fig.get_axes() if ax.get_title().startswith("pred")]
+    captions = lambda f: [t.get_text() for ax in f.get_axes() for t in ax.texts]  # noqa: E731
+    titles = [c for c in captions(fig) if c.startswith("pred")]  # one caption above each digit
     assert len(titles) == plot.MAX_DIGITS
     assert titles[:3] == [f"pred {p} / true {t}" for p, t in zip(wrong["predicted"][:3], wrong["label"][:3])]
     none = plot.dashboard_figure(synthetic_history(), synthetic_misclassified(0), "run")
-    assert not [ax for ax in none.get_axes() if ax.get_title().startswith("pred")]
+    assert not [c for c in captions(none) if c.startswith("pred")]
     assert "no misclassified test digits" in none._suptitle.get_text()
 
 
@@ -172,8 +172,8 @@ def _marks(ax) -> tuple[list[float], list[float]]:
 
 def test_diverged_members_are_marked_where_the_history_readers_say():
     h = synthetic_history(members=3)
-    h["train_loss"][1, 120:] = np.nan  # member 1: train loss from step 121
-    h["test_loss"][2, 2:] = np.nan  # member 2: test loss only, from the evaluation at step 100
+    h["train_loss"][1, 120:] = np.inf  # member 1: train loss from step 121
+    h["test_loss"][2, 2:] = np.inf  # member 2: test loss only, from the evaluation at step 100
     assert hist.first_nonfinite_steps(h) == [None, 121, 100]
     fig = plot.cross_entropy_figure(h, members=["a", "b", "c"])
     for ax in fig.get_axes():  # full range and zoom
@@ -187,7 +187,7 @@ def test_diverged_members_are_marked_where_the_history_readers_say():
 
 def test_a_single_model_gets_the_line_and_no_cross():
     h = synthetic_history()
-    h["test_loss"][-1] = np.nan  # the last update blew up: only the last evaluation shows it
+    h["test_loss"][-1] = np.inf  # the last update blew up: only the last evaluation shows it
     assert hist.first_nonfinite_step(h) == 300
     assert _marks(plot.accuracy_figure(h).get_axes()[0]) == ([300], [])
 
