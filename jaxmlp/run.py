@@ -285,8 +285,13 @@ def write_records(out_dir, config: Config, outcome: _Outcome, dataset: data.Data
     clock["written"] = time.perf_counter()
     summary = {**summary, "environment": records.environment(),
                "files": {os.path.basename(os.fspath(p)): os.path.abspath(p) for p in written}}
-    summary["timings"]["write_seconds"] = clock["written"] - clock["trained"]
-    summary["timings"]["total_seconds"] = summary["wall_seconds"] = clock["written"] - clock["started"]
+    timings = summary["timings"]
+    timings["write_seconds"] = clock["written"] - clock["trained"]
+    timings["total_seconds"] = summary["wall_seconds"] = clock["written"] - clock["started"]
+    # The step-0 evaluation, config.json and the last checkpoint: so the parts add up.
+    timings["other_seconds"] = timings["total_seconds"] - sum(
+        timings[k] for k in ("startup_seconds", "compile_seconds", "train_seconds",
+                             "eval_seconds", "write_seconds"))
     records.atomic_write_json(files.summary, summary)
     return summary
 

@@ -51,9 +51,12 @@ def test_plain_jax_reference_equals_run_steps(small, f32):
 
 @pytest.mark.parametrize("variant", paths.VARIANTS)
 def test_every_timed_path_computes_the_same_losses(small, variant):
-    """Each timed loop, started from the same state, sees the same batches and losses."""
+    """Each timed loop, started from the same state, sees the same batches and losses (the
+    metrics-after path: the losses of the same updates, read after each)."""
     host, data, orders, state = small
-    _, expected = loop.run_steps(paths.copy_tree(state), data, orders, num_steps=6, batch_size=50)
+    metrics = "after" if variant == "fused_after" else "before"
+    _, expected = loop.run_steps(paths.copy_tree(state), data, orders, num_steps=6, batch_size=50,
+                                 metrics=metrics)
     timed = paths.make_loop(variant, paths.copy_tree(state), host=host, data=data, orders=orders,
                             batch_size=50, scan_steps=3)
     losses = np.concatenate([np.atleast_1d(timed.call()["loss"])

@@ -214,9 +214,11 @@ def test_summary_holds_every_field(tmp_path):
     for name in ("jax", "jaxlib", "flax", "optax", "tensorflow_datasets", "backend", "device_kind",
                  "device_count"):
         assert s["environment"][name], name
-    for name in ("startup_seconds", "compile_seconds", "train_seconds", "eval_seconds", "write_seconds",
-                 "total_seconds"):
+    parts = ("startup_seconds", "compile_seconds", "train_seconds", "eval_seconds", "write_seconds",
+             "other_seconds")
+    for name in (*parts, "total_seconds"):
         assert s["timings"][name] >= 0, name
+    assert sum(s["timings"][p] for p in parts) == pytest.approx(s["timings"]["total_seconds"])
     assert Config.from_dict(s["config"]) == c
     assert Config.from_dict(json.loads((tmp_path / "config.json").read_text())) == c
     assert s["status"] == "complete" and s["steps"] == 120
@@ -246,7 +248,7 @@ class _Recorder(Reporter):
         super().start(config, start_step=start_step, examples_per_epoch=examples_per_epoch)
         self.start_step = start_step
 
-    def chunk(self, step, test_accuracy, test_loss, alive):
+    def chunk(self, step, test_accuracy, test_loss, alive, **extra):
         self.steps.append(step)
         if step == self.signal_at:
             signal.raise_signal(signal.SIGINT)
