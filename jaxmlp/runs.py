@@ -165,6 +165,9 @@ LATEST = "latest"
 """The name, beside the runs, that points to the newest (a symlink)."""
 
 
+_STAMPED = re.compile(r"^\d{8}-\d{6}-")
+
+
 def new_run_dir(root: str | os.PathLike, dataset: str) -> str:
     """Create ``root/<UTC time>-<dataset>`` (never an existing folder) and point
     ``root/latest`` to it; returns its path."""
@@ -182,13 +185,36 @@ def new_run_dir(root: str | os.PathLike, dataset: str) -> str:
             continue
     else:
         raise RecordError(f"cannot find a free run folder name under {root}")
+    _point_latest(root, run.name)
+    return os.fspath(run)
+
+
+def _point_latest(root: Path, name: str | None) -> None:
+    """``root/latest`` -> ``name`` (relative: the runs folder may be moved); None removes it.
+    A user's own file or folder named 'latest' is left alone."""
     link = root / LATEST
-    if link.exists() and not link.is_symlink():
-        return os.fspath(run)  # a user's own file or folder named 'latest': leave it alone
+    if os.path.lexists(link) and not link.is_symlink():
+        return
+    if name is None:
+        link.unlink(missing_ok=True)
+        return
     tmp = root / f".{LATEST}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        os.symlink(run.name, tmp)  # relative: the runs folder may be moved
+        os.symlink(name, tmp)
         os.replace(tmp, link)
     except OSError:  # no symlinks here (some filesystems): the runs stay reachable by name
         Path(tmp).unlink(missing_ok=True)
-    return os.fspath(run)
+
+
+def discard_if_empty(run_dir: str | os.PathLike) -> None:
+    """Remove a run folder ``new_run_dir`` made that is still empty (the run failed before
+    writing anything) and point ``latest`` back to the newest run left."""
+    run = Path(run_dir)
+    if not run.is_dir() or any(run.iterdir()):
+        return
+    run.rmdir()
+    link = run.parent / LATEST
+    if link.is_symlink() and os.readlink(link) == run.name:
+        left = sorted(p.name for p in run.parent.iterdir()  # names start with their UTC time
+                      if p.is_dir() and not p.is_symlink() and _STAMPED.match(p.name))
+        _point_latest(run.parent, left[-1] if left else None)

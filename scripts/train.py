@@ -105,9 +105,13 @@ def main(argv=None) -> int:
         jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                    num_processes=args.num_processes, process_id=args.process_id)
     try:
-        result = run.train_and_evaluate(config, out_dir=out, resume=bool(args.resume),
-                                        overwrite=args.overwrite, quiet=args.quiet,
-                                        started=_STARTED)
+        try:
+            result = run.train_and_evaluate(config, out_dir=out, resume=bool(args.resume),
+                                            overwrite=args.overwrite, quiet=args.quiet,
+                                            started=_STARTED)
+        finally:
+            if not (args.out or args.resume):  # a folder made for this run that got nothing
+                runs.discard_if_empty(out)
     except run.AlreadyComplete as e:
         print(str(e), file=sys.stderr)
         return 0

@@ -519,3 +519,26 @@ def test_default_out_makes_a_new_run_folder_and_points_latest_to_it(tmp_path, co
     assert proc.returncode == 0, proc.stderr
     assert len(proc.stdout.split()) == 3 and all("runs/latest" in p for p in proc.stdout.split())
     assert (tmp_path / "runs" / made[1] / "accuracy.png").stat().st_mtime_ns > before
+
+
+def test_a_default_run_that_fails_before_writing_leaves_no_folder(tmp_path, monkeypatch, script):
+    """The folder made for a run that failed at once is removed and ``latest`` goes back to
+    the run before. Catches: an empty run folder left behind with ``latest`` pointing to it
+    (``scripts/plot.py runs/latest`` would then fail on a run that never was)."""
+    from jaxmlp import data
+
+    older = tmp_path / "runs" / "20200101-000000-mnist"
+    older.mkdir(parents=True)
+    (older / "history.npz").write_bytes(b"a finished run")
+    os.symlink(older.name, tmp_path / "runs" / "latest")
+    (tmp_path / "runs" / "ladder").mkdir()  # not a stamped run folder: never 'latest'
+
+    def offline(*args, **kwargs):
+        raise data.DataError("offline")
+
+    monkeypatch.setattr(data, "load", offline)
+    monkeypatch.chdir(tmp_path)
+    assert script.main(["--steps", "20", "--eval-every", "10", "--log-every", "10",
+                        "--compile-cache", "", "--quiet"]) == 1
+    assert sorted(os.listdir(tmp_path / "runs")) == ["20200101-000000-mnist", "ladder", "latest"]
+    assert os.readlink(tmp_path / "runs" / "latest") == "20200101-000000-mnist"
