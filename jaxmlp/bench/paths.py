@@ -4,7 +4,7 @@
 ``host_fed``       per step: numpy batch sliced on the host, fed to ``train_step``
 ``device_step``    per step: ``run_steps(num_steps=1)`` on device-resident data
 ``fused``          ``run_steps`` with many steps per call (``lax.scan``), uint8 data
-``fused_f32``      the same on pre-scaled float32 data (issue 2: which is faster?)
+``fused_f32``      the same on pre-scaled float32 data (is uint8 in the step slower?)
 ``fused_after``    ``fused`` with minibatch metrics after the update (the original's timing)
 ``plain_jax``      hand-written reference: (W, b) list, ``jax.grad``, manual SGD,
                    ``lax.scan`` with the same batch sampling -- no abstraction
