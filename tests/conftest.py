@@ -92,3 +92,32 @@ def repo_root() -> Path:
 def synthetic_dataset() -> data.Dataset:
     """``synthetic()`` with its defaults, made once per session (tests must not modify it)."""
     return synthetic()
+
+
+def device_data(ds: data.Dataset):
+    """``ds`` as the device arrays the loop trains on (test images scaled once, as run.py does)."""
+    import jax.numpy as jnp
+
+    from jaxmlp import loop
+
+    return loop.Data(jnp.asarray(ds.train_images), jnp.asarray(ds.train_labels, jnp.int32),
+                     jnp.asarray(ds.test_images, jnp.float32) / 255.0,
+                     jnp.asarray(ds.test_labels, jnp.int32))
+
+
+def first_nonfinite_by_replay(config, ds: data.Dataset) -> int | None:
+    """The first step (1-based) whose minibatch loss is not finite when the single model
+    ``config`` describes is replayed one ``train.train_step`` at a time, on the batches the
+    run draws, with no guard: an independent reference for where the guard marks divergence."""
+    import jax
+    import numpy as np
+
+    from jaxmlp import loop, train
+
+    state, _, orders = loop.init_run(config, len(ds.train_labels))
+    d = device_data(ds)
+    for t in range(config.steps):
+        state, m = train.train_step(state, loop.batch_at(d, orders, jax.numpy.int32(t), config.batch_size))
+        if not np.isfinite(float(m["loss"])):
+            return t + 1
+    return None
