@@ -7,8 +7,10 @@ this order and stops at the first hit:
 2. The warm cache (``jaxmlp.data_cache``)
    ``<data_dir>/jaxmlp_cache/<name>/<version>/<split>.npz``, one file per
    split string (``train``, ``train[5000:]``, ...): decoded uint8 arrays.
-   This path imports TFDS (for the version) but never TensorFlow. An entry
-   counts only while the TFDS dataset it was decoded from is still in
+   This path imports neither TFDS nor TensorFlow: the dataset version comes
+   from a note the cold path leaves for the installed TFDS release, and a
+   split string has an entry only once TFDS has read it. An entry counts
+   only while the TFDS dataset it was decoded from is still in
    ``<data_dir>`` unchanged (names, sizes and mtimes of its files).
 3. The TFDS dataset already prepared in ``<data_dir>/<name>/<version>``:
    each split string not cached yet is read through TFDS's own split API
@@ -47,9 +49,11 @@ name and ``os.replace``-d.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import threading
 import types
@@ -105,6 +109,9 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    warm = _from_warm_cache(name, data_dir, (train_split, test_split))
+    if warm is not None:
+        return warm
     import tensorflow_datasets as tfds  # ~0.5 s; does not import TensorFlow
 
     splits = (_check_split(tfds, "train_split", train_split),
@@ -114,13 +121,14 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
 
     builder_cls = tfds.builder_cls(name)
     version = str(builder_cls.VERSION)
-    data_dir = os.path.abspath(os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR))
+    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
 
     if _tfds_is_mocked(tfds):
         # Fake data: TFDS ignores data_dir here, and nothing may reach a real cache.
         return _from_mock(name, version, data_dir, splits)
     cached = data_cache.read(data_dir, name, version, splits)
     if len(cached) == len(splits):
+        data_cache.note_version(data_dir, name, _tfds_release(), version)  # warm next time
         return Dataset(*cached[splits[0]], *cached[splits[1]], name, version, "cache", *splits)
     if os.path.isfile(_info_path(data_dir, name, version)):
         return data_cache.store(_from_tfds(name, version, data_dir, splits, source="tfds",
@@ -144,6 +152,39 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
     _prepare(builder_cls, name, data_dir, what=f"by downloading it from {url or 'its source'}")
     return data_cache.store(_from_tfds(name, version, data_dir, splits, source="download"),
                             data_dir)
+
+
+def default_data_dir() -> str:
+    """TFDS's default data dir: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``, read
+    without importing TFDS (once imported, TFDS's own constant)."""
+    tfds = sys.modules.get("tensorflow_datasets")
+    if tfds is not None:
+        return tfds.core.constants.DATA_DIR
+    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
+
+
+def _tfds_release() -> str:
+    return importlib.metadata.version("tensorflow-datasets")
+
+
+def _from_warm_cache(name: str, data_dir: str | None, splits: tuple) -> Dataset | None:
+    """Both splits from the warm cache, without importing TFDS (~1 s), or None.
+
+    Every miss goes the full way: the version note missing (a new TFDS release),
+    an entry missing, stale or corrupt, a split string never read, or an active
+    ``tfds.testing.mock_data`` (which must never see real data).
+    """
+    tfds = sys.modules.get("tensorflow_datasets")
+    if tfds is not None and _tfds_is_mocked(tfds):
+        return None
+    if not all(isinstance(s, str) and s.strip() for s in splits):
+        return None  # the full path says what is wrong
+    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+    version = data_cache.noted_version(data_dir, name, _tfds_release())
+    cached = data_cache.read(data_dir, name, version, splits) if version else {}
+    if len(cached) != len(splits):
+        return None
+    return Dataset(*cached[splits[0]], *cached[splits[1]], name, version, "cache", *splits)
 
 
 # --- split strings -------------------------------------------------------------------------------

@@ -6,12 +6,15 @@ string (``train``, ``train[5000:]``, ...), holds ``images`` (N, 28, 28) uint8,
 ``<data_dir>/<name>/<version>`` they were decoded from. An entry counts only
 while that dataset is still there unchanged. ``jaxmlp.data.load`` reads it
 first and fills it after decoding; files are written with
-``records.atomic_save_npz``. Imports neither TFDS nor TensorFlow.
+``records.atomic_save_npz``. Imports neither TFDS nor TensorFlow, and a note
+per TFDS release (``tfds-<release>.version``) keeps each dataset's version, so
+a warm load needs neither.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import os
 import urllib.parse
 import warnings
@@ -50,6 +53,34 @@ def entry_path(data_dir: str, name: str, version: str, split: str) -> str:
     return os.path.join(data_dir, CACHE_DIR, name, version, fname)
 
 
+def _version_note(data_dir: str, name: str, tfds_release: str) -> str:
+    # Per TFDS release: a new release may bring a new dataset version, so its first load
+    # asks TFDS again.
+    return os.path.join(data_dir, CACHE_DIR, name, f"tfds-{tfds_release}.version")
+
+
+def noted_version(data_dir: str, name: str, tfds_release: str) -> str | None:
+    """The version of ``name`` noted for this TFDS release by ``note_version``, or None."""
+    try:
+        with open(_version_note(data_dir, name, tfds_release), encoding="utf-8") as f:
+            version = f.read().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    ok = version and all(p.isdigit() for p in version.split("."))
+    return version if ok else None  # never a path outside the cache
+
+
+def note_version(data_dir: str, name: str, tfds_release: str, version: str) -> None:
+    """Remember ``name``'s TFDS version under this release (best effort), so warm loads
+    need not import TFDS to learn it."""
+    try:
+        path = _version_note(data_dir, name, tfds_release)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        records.atomic_write_bytes(path, version.encode())
+    except OSError:
+        pass  # e.g. a read-only data dir: loads just stay on the slower path
+
+
 def read(data_dir: str, name: str, version: str, splits) -> dict:
     """{split: (images, labels)} for each of ``splits`` the cache holds intact and current."""
     token = dataset_token(data_dir, name, version)
@@ -82,6 +113,7 @@ def store(ds, data_dir: str, skip=()):
             path = entry_path(data_dir, ds.name, ds.version, split)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             records.atomic_save_npz(path, {"images": images, "labels": labels, "token": np.str_(token)})
+        note_version(data_dir, ds.name, importlib.metadata.version("tensorflow-datasets"), ds.version)
     except OSError as e:  # e.g. a shared read-only data dir: loading still works, only slower
         warnings.warn(f"jaxmlp: could not write the data cache under {data_dir} ({e}); "
                       f"the next load will decode through TFDS again", stacklevel=3)

@@ -110,7 +110,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
         if resume:
             state, history = placement.put_state(checkpoint.restore(mngr, state, history))
         else:
-            copy = jax.tree.map(jnp.copy, state)  # ``record`` donates its first argument
+            copy = jax.device_put(state, may_alias=False)  # ``record`` donates its first argument
             state, history, _ = record_c(copy, state, history, no_metrics, dev_data)  # step 0
             if out_dir is not None:
                 records.atomic_write_json(runs.RunFiles.under(out_dir).config, config.to_dict())
@@ -158,10 +158,11 @@ def _place(config: Config, dataset: data.Dataset, devices):
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {n_train} training examples")
     placement = parallel.plan(config.batch_size, len(config.members), devices)
     dev_data = placement.put_replicated(loop.Data(
-        jnp.asarray(dataset.train_images), jnp.asarray(dataset.train_labels, jnp.int32),
+        np.asarray(dataset.train_images), np.asarray(dataset.train_labels, np.int32),
         # Training batches are gathered as uint8 and scaled inside the step (4x less memory
         # traffic); the test set is scaled once here, which halves each evaluation on CPU.
-        jnp.asarray(dataset.test_images, jnp.float32) / 255.0, jnp.asarray(dataset.test_labels, jnp.int32)))
+        np.asarray(dataset.test_images, np.float32) / np.float32(255),  # on the host: no compile
+        np.asarray(dataset.test_labels, np.int32)))
     state, history, orders = loop.init_run(config, n_train)
     state, history = placement.put_state((state, history))
     orders = placement.put_state(orders) if not config.shares_batches else placement.put_replicated(orders)

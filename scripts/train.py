@@ -140,4 +140,12 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.distributed.is_initialized():
+        sys.exit(code)  # many processes: leave the coordination service the normal way
+    # Everything is written, closed and flushed by now; skip the interpreter's teardown of
+    # JAX's runtime and thread pools (~0.4 s measured), which has nothing left to save.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -359,20 +359,61 @@ def test_second_load_uses_the_cache_without_manual_dir(prepared):
     assert data.load("mnist", data_dir=data_dir, manual_dir="/nonexistent").source == "cache"
 
 
-def test_warm_load_does_not_import_tensorflow(prepared):
+WARM_LOAD = """
+import sys
+from jaxmlp import data
+ds = data.load("mnist", data_dir={data_dir!r})
+assert ds.source == "cache", ds.source
+assert "tensorflow" not in sys.modules, "TensorFlow was imported"
+print(int(ds.train_images.astype(int).sum()), int(ds.test_labels.sum()), ds.version,
+      "tensorflow_datasets" in sys.modules)
+"""
+
+
+def test_warm_load_imports_neither_tensorflow_nor_tfds(prepared):
+    import tensorflow_datasets as tfds
+
     data_dir, _, first = prepared
-    code = textwrap.dedent(f"""
-        import sys
-        import jaxmlp
-        from jaxmlp import data
-        ds = data.load("mnist", data_dir={data_dir!r})
-        assert ds.source == "cache", ds.source
-        assert "tensorflow" not in sys.modules, "TensorFlow was imported"
-        print(int(ds.train_images.astype(int).sum()), int(ds.test_labels.sum()))
-    """)
-    out = run_python(code)
+    out = run_python(WARM_LOAD.format(data_dir=data_dir))
     assert out.stdout.split() == [str(int(first.train_images.astype(int).sum())),
-                                  str(int(first.test_labels.sum()))]
+                                  str(int(first.test_labels.sum())),
+                                  str(tfds.builder_cls("mnist").VERSION), "False"]
+
+
+def test_warm_load_without_its_version_note_asks_tfds_once(prepared_copy):
+    # The note is what lets a warm load skip TFDS; without it (a new TFDS release, a
+    # cache from an older jaxmlp) the load goes through TFDS, still from the cache,
+    # and leaves the note for the next one.
+    data_dir, first = prepared_copy
+    folder = os.path.join(data_dir, "jaxmlp_cache", "mnist")
+    notes = [f for f in os.listdir(folder) if f.endswith(".version")]
+    assert len(notes) == 1
+    os.remove(os.path.join(folder, notes[0]))
+    expect = [str(int(first.train_images.astype(int).sum())), str(int(first.test_labels.sum())),
+              first.version]
+    assert run_python(WARM_LOAD.format(data_dir=data_dir)).stdout.split() == expect + ["True"]
+    assert run_python(WARM_LOAD.format(data_dir=data_dir)).stdout.split() == expect + ["False"]
+    # A note naming a version that is not prepared is a miss, not an error.
+    open(os.path.join(folder, notes[0]), "w").write("9.9.9")
+    assert run_python(WARM_LOAD.format(data_dir=data_dir)).stdout.split() == expect + ["True"]
+
+
+def test_default_data_dir_is_tfds_own(tmp_path):
+    # Read without importing TFDS on the warm path; it must be the folder TFDS would use.
+    code = textwrap.dedent("""
+        import sys
+        from jaxmlp import data
+        ours = data.default_data_dir()
+        assert "tensorflow_datasets" not in sys.modules
+        import tensorflow_datasets as tfds
+        print(ours == tfds.core.constants.DATA_DIR == data.default_data_dir())
+    """)
+    for env in ({"TFDS_DATA_DIR": str(tmp_path / "elsewhere")}, {"HOME": str(tmp_path)}):
+        with pytest.MonkeyPatch.context() as m:
+            m.delenv("TFDS_DATA_DIR", raising=False)
+            for k, v in env.items():
+                m.setenv(k, v)
+            assert run_python(code).stdout.split() == ["True"]
 
 
 def test_damaged_cache_is_rebuilt(prepared, tmp_path):
@@ -424,6 +465,14 @@ def test_mock_data_is_loaded_by_iterating_and_never_cached(tmp_path):
     assert ds.test_labels.shape == (7,) and ds.test_labels.dtype == np.int32
     assert ((0 <= ds.train_labels) & (ds.train_labels < 10)).all()
     assert_nothing_left(data_dir)
+
+
+def test_mock_data_never_sees_the_warm_cache(prepared):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=7):
+        ds = data.load("mnist", data_dir=prepared[0])
+    assert ds.source == "mock" and len(ds.train_labels) == 7
 
 
 def test_mock_data_applies_tfds_slices(tmp_path):

@@ -57,6 +57,16 @@ def test_percentiles_match_numpy():
     np.testing.assert_array_equal(b, 0.0)  # zero-initialised biases
 
 
+def test_sort_floats_is_numpys_sort():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1, 1000), rng.normal(0, 1e-30, 10), -np.logspace(-40, 38, 30),
+                        np.logspace(-40, 38, 30), [0.0, -0.0, 1.0, -1.0, 1.0]]).astype(np.float32)
+    rng.shuffle(x)
+    got = np.asarray(jax.jit(loop.sort_floats)(x))
+    np.testing.assert_array_equal(got, np.sort(x))
+    assert got.dtype == np.float32
+
+
 def test_percentiles_of_a_big_layer_are_close_and_keep_the_extremes():
     params = _params(0)  # 156,800 first-layer weights: sampled
     w, _ = loop.param_percentiles(params)
