@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from conftest import ROOT, child_env
 
-from jaxmlp import loop, train
+from jaxmlp import loop, model, train
 from jaxmlp.bench import accelerator, data as bench_data, paths, processes, run, timing
 from jaxmlp.config import Config
 
@@ -185,9 +185,19 @@ def test_quick_benchmark_writes_json_with_every_figure(tmp_path):
     assert {"xla_flops_per_step", "analytic_flops", "compile_cold_s", "compile_warm_s",
             "program_bytes", "peak_device_bytes"} <= set(c)
     assert c["warm_cache_hits"] >= 1  # the warm compile came from the persistent cache
+    mem = r["memory_ceiling"]
+    assert mem["bytes"] == 2**24 and mem["bytes_per_s"] == max(mem["bytes_per_s_stats"]["values"]) > 0
+    param_bytes = 4 * model.num_params(loop.init_state(jax.random.key(0), Config()).params)
     for kind in paths.KINDS:  # both kinds at every K, each against one model of the same run
         ens = [e for e in r["ensembles"] if e["kind"] == kind]
         assert [e["k"] for e in ens] == [1, 2]
+        for e in [r["ensemble_single"], *ens]:
+            k = e.get("k", 1)
+            # A step reads and writes every member's parameters at least once each.
+            assert e["xla_bytes_per_step"] >= 2 * k * param_bytes
+            assert e["achieved_bytes_per_s"] == pytest.approx(
+                e["xla_bytes_per_step"] * e["steps_per_s"]["median"])
+            assert e["vs_memory_ceiling"] == pytest.approx(e["achieved_bytes_per_s"] / mem["bytes_per_s"])
         for e in ens:
             assert e["vs_single"] == pytest.approx(
                 e["model_steps_per_s"] / r["ensemble_single"]["model_steps_per_s"])

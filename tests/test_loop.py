@@ -122,6 +122,21 @@ GUARDED = Config(hidden=(200, 100, 60, 30), batch_size=50, steps=60, eval_every=
 BAD_LR = 3.0  # diverges at about step 9 of the first chunk on this data; 0.3 does not
 
 
+@pytest.mark.parametrize("members", [{}, {"seeds": (0, 1, 2)}])
+def test_unrolling_the_scan_changes_nothing(members):
+    """``unroll`` only regroups the loop: the same states and metrics, bit for bit (XLA:CPU;
+    ``bench.paths``' fused_unroll times it on other backends)."""
+    config = Config(hidden=(32, 16), steps=100, **members)
+    data = _device_data()
+    state, _, orders = loop.init_run(config, len(DATA.train_labels))
+    plain = loop.run_steps_keeping_input(state, data, orders, num_steps=21, batch_size=50)
+    unrolled = loop.run_steps_keeping_input(state, data, orders, num_steps=21, batch_size=50, unroll=8)
+    (s1, m1), (s2, m2) = plain, unrolled
+    for a, b in zip(_leaves((s1.params, s1.step, m1)), _leaves((s2.params, s2.step, m2))):
+        np.testing.assert_array_equal(a, b)
+    assert int(np.max(s1.step)) == 21
+
+
 def test_a_diverging_member_is_frozen_and_the_others_train_on():
     """The host loop's guard. Catches a guard that lets NaN parameters into the state (or a
     checkpoint), that keeps stepping the dead model, that marks the wrong steps, or that

@@ -83,7 +83,8 @@ class AcceleratorConfig(timing.TimingConfig):
     def quick(cls, **changes) -> "AcceleratorConfig":
         """CI-sized on a CPU: a few hundred steps, K up to 8, 8 seeds; the same keys."""
         base = dict(repeats=2, target_seconds=0.05, warmup_calls=1, scan_examples=2_000,
-                    min_scan_steps=5, max_scan_steps=50, matmul_size=256, batch_sizes=(100, 1_000),
+                    min_scan_steps=5, max_scan_steps=50, matmul_size=256, memory_bytes=2**22,
+                    batch_sizes=(100, 1_000),
                     ensemble_sizes=(1, 8), schedule_steps=300, num_seeds=8, num_train=6_000,
                     num_test=1_000)
         return cls(**{**base, **changes})
@@ -128,7 +129,8 @@ def run_accelerator(config: AcceleratorConfig, *, log: Callable[[str], None] | N
     result["batch_sweep"] = rows(config.sweep_variants, config.batch_sizes,
                                  config.budget("batch_sweep", whole))
     del host, state
-    result["ensembles"] = _ensembles(config, data, config.budget("ensembles", whole), say)
+    result["ensembles"] = _ensembles(config, data, config.budget("ensembles", whole), say,
+                                     result["memory_ceiling"]["bytes_per_s"])
     del data, orders  # (d) and (e) bring their own data
 
     dataset = npz_dataset(config.data_npz) if config.data_npz else learnable_dataset(
@@ -150,11 +152,13 @@ def run_accelerator(config: AcceleratorConfig, *, log: Callable[[str], None] | N
     return result
 
 
-def _ensembles(config: AcceleratorConfig, data: loop.Data, budget: timing.Budget, say) -> dict:
+def _ensembles(config: AcceleratorConfig, data: loop.Data, budget: timing.Budget, say,
+               memory_ceiling: float) -> dict:
     base = Config(learning_rate=config.learning_rate, batch_size=config.path_batch_size)
     out = measure.ensembles(base, kinds=config.ensemble_kinds, sizes=config.ensemble_sizes, data=data,
                             scan_steps=lambda k: config.scan_steps(base.batch_size, k),
-                            timing=config.timing, budget=budget, say=say)
+                            timing=config.timing, budget=budget, say=say,
+                            memory_ceiling=memory_ceiling)
     return {**out, "best": measure.best_ensembles(out["rows"], config.ensemble_kinds),
             "budget_seconds": budget.seconds,
             "seconds": budget.elapsed()}

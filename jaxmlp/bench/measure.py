@@ -10,7 +10,7 @@ from typing import Callable
 
 from jaxmlp import loop
 from jaxmlp.bench import paths
-from jaxmlp.bench.timing import Budget, measure, peak_device_bytes
+from jaxmlp.bench.timing import Budget, measure, peak_device_bytes, xla_cost
 from jaxmlp.config import Config
 
 
@@ -44,13 +44,24 @@ def path_row(variant: str, state, *, hidden, host: dict, data: loop.Data, orders
             "vs_peak": ratio(achieved, peak)}
 
 
+def _traffic(config: Config, data: loop.Data, steps_per_s: float, memory_ceiling) -> dict:
+    """XLA's count of bytes one step reads and writes, and the rate that makes at
+    ``steps_per_s``, against the measured ``memory_ceiling`` (bytes/s)."""
+    per_step = xla_cost(paths.one_step_program(config, data=data), "bytes accessed")
+    rate = per_step * steps_per_s if per_step else None
+    return {"xla_bytes_per_step": per_step, "achieved_bytes_per_s": rate,
+            "vs_memory_ceiling": ratio(rate, memory_ceiling)}
+
+
 def ensembles(base: Config, *, kinds, sizes, data: loop.Data, scan_steps: Callable[[int], int],
-              timing: dict, budget: Budget | None = None, say=lambda _: None) -> dict:
+              timing: dict, budget: Budget | None = None, say=lambda _: None,
+              memory_ceiling: float | None = None) -> dict:
     """Model-steps/s of K models in one ``run_steps`` against K, for each kind, and of one model.
 
     ``base``: the single model (its batch size and learning rate); ``scan_steps(k)``:
     steps per fused call for K models. Sizes run in increasing K with the kinds
     interleaved, so a spent ``budget`` skips the largest K of every kind alike.
+    Each row also has the memory traffic its steps make (``_traffic``).
     Returns {'single': row, 'rows': [row per (K, kind)], 'skipped': [{'kind', 'k'}]}.
     """
     n, b = data.train_images.shape[0], base.batch_size
@@ -61,7 +72,8 @@ def ensembles(base: Config, *, kinds, sizes, data: loop.Data, scan_steps: Callab
     m = measure(timed, **timing)
     del timed, state, orders
     single = {"hidden": list(base.hidden), "batch_size": b, **m,
-              "model_steps_per_s": m["steps_per_s"]["median"]}
+              "model_steps_per_s": m["steps_per_s"]["median"],
+              **_traffic(paths.two_epochs(base, n), data, m["steps_per_s"]["median"], memory_ceiling)}
     rows, skipped = [], []
     for k in sorted(sizes):
         for kind in kinds:
@@ -77,7 +89,8 @@ def ensembles(base: Config, *, kinds, sizes, data: loop.Data, scan_steps: Callab
             rows.append({"kind": kind, "k": k, "hidden": list(base.hidden), "batch_size": b, **m,
                          "model_steps_per_s": msps,
                          "vs_single": ratio(msps, single["model_steps_per_s"]),
-                         "peak_device_bytes": peak_device_bytes()})
+                         "peak_device_bytes": peak_device_bytes(),
+                         **_traffic(config, data, m["steps_per_s"]["median"], memory_ceiling)})
     return {"single": single, "rows": rows, "skipped": skipped}
 
 

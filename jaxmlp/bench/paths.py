@@ -6,6 +6,7 @@
 ``fused``          ``run_steps`` with many steps per call (``lax.scan``), uint8 data
 ``fused_f32``      the same on pre-scaled float32 data (is uint8 in the step slower?)
 ``fused_after``    ``fused`` with minibatch metrics after the update (the original's timing)
+``fused_unroll``   ``fused`` with ``UNROLL`` steps per loop iteration (``lax.scan(unroll=)``)
 ``plain_jax``      hand-written reference: (W, b) list, ``jax.grad``, manual SGD,
                    ``lax.scan`` with the same batch sampling -- no abstraction
 ``nnx_jit``        idiomatic per-step ``nnx.jit`` + ``nnx.Optimizer`` loop
@@ -32,13 +33,16 @@ from jaxmlp import loop, model, train
 from jaxmlp.bench.data import as_float32
 from jaxmlp.config import Config
 
-VARIANTS = ("host_fed", "device_step", "fused", "fused_f32", "fused_after", "plain_jax", "nnx_jit")
+VARIANTS = ("host_fed", "device_step", "fused", "fused_f32", "fused_after", "fused_unroll",
+            "plain_jax", "nnx_jit")
+UNROLL = 8  # fused_unroll: does the loop's per-iteration cost matter on this backend?
 LABELS = {
     "host_fed": "per-step, host-fed",
     "device_step": "per-step, device data",
     "fused": "fused scan (uint8)",
     "fused_f32": "fused scan (float32)",
     "fused_after": "fused, metrics after",
+    "fused_unroll": f"fused, unrolled x{UNROLL}",
     "plain_jax": "plain-JAX scan",
     "nnx_jit": "nnx.jit per-step",
 }
@@ -127,12 +131,14 @@ def make_loop(variant: str, state: train.TrainState, *, host: dict, data: loop.D
             return train.train_step(state, {"image": images[idx], "label": labels[idx]})
 
         return Loop(_boxed(state, host_step), 1)
-    if variant in ("device_step", "fused", "fused_f32", "fused_after"):
+    if variant in ("device_step", "fused", "fused_f32", "fused_after", "fused_unroll"):
         steps = 1 if variant == "device_step" else scan_steps
         d = as_float32(data) if variant == "fused_f32" else data
         metrics = "after" if variant == "fused_after" else "before"
+        unroll = UNROLL if variant == "fused_unroll" else 1
         return Loop(_boxed(state, lambda s: loop.run_steps(
-            s, d, orders, num_steps=steps, batch_size=batch_size, metrics=metrics)), steps)
+            s, d, orders, num_steps=steps, batch_size=batch_size, metrics=metrics,
+            unroll=unroll)), steps)
     if variant == "plain_jax":
         carry = (reference_params(state), jnp.zeros((), jnp.int32))
         lr = train.learning_rate_of(state)
@@ -199,3 +205,20 @@ def make_ensemble_loop(config: Config, *, data: loop.Data, scan_steps: int) -> L
     return Loop(_boxed(state, lambda s: loop.run_steps(
         s, data, orders, num_steps=scan_steps, batch_size=config.batch_size,
         shared_batches=config.shares_batches)), scan_steps, models=len(config.members))
+
+
+def one_step_program(config: Config, *, data: loop.Data):
+    """One train step of ``config``'s model(s) on given batches, compiled, for XLA's cost
+    analysis. Batches are inputs: a gather would count the whole array it reads from."""
+    state = jax.eval_shape(loop.init_run, config, data.train_images.shape[0])[0]
+    b = config.batch_size
+    batch = {"image": jax.ShapeDtypeStruct((b, *data.train_images.shape[1:]), data.train_images.dtype),
+             "label": jax.ShapeDtypeStruct((b,), data.train_labels.dtype)}
+    step = train._train_step
+    if config.is_ensemble and config.shares_batches:
+        step = jax.vmap(step, in_axes=(0, None))
+    elif config.is_ensemble:
+        step = jax.vmap(step)
+        batch = jax.tree.map(lambda a: jax.ShapeDtypeStruct((len(config.members), *a.shape), a.dtype),
+                             batch)
+    return jax.jit(step, donate_argnums=0).lower(state, batch).compile()

@@ -46,11 +46,15 @@ def _num(x, spec=".2f"):
 
 def _header(result: dict, title: str) -> list[str]:
     env, ceil, peak = result["environment"], result["matmul_ceiling"], result["device_peak"]
+    mem = result.get("memory_ceiling")
     v = env["versions"]
     return [f"{title}: {env['device_kind']} ({env['backend']}) x{env['device_count']}, "
             f"jax {v.get('jax')}, flax {v.get('flax')}, python {env['python']}",
             f"matmul ceiling (measured): {ceil['n']}x{ceil['n']} f32 matmul at default precision, "
             f"{_si(ceil['flops_per_s'], 'FLOP/s')} (best of {len(ceil['flops_per_s_stats']['values'])})",
+            *([f"memory ceiling (measured): an elementwise pass over {_mib(mem['bytes'])} MiB f32, "
+               f"{_si(mem['bytes_per_s'], 'B/s')} read + written (best of "
+               f"{len(mem['bytes_per_s_stats']['values'])})"] if mem else []),
             ("published peak: " + (f"{peak['name']} {peak['precision'].upper()} dense "
                                    f"{_si(peak['flops_per_s'], 'FLOP/s')} (XLA's f32 matmul precision)"
                                    if peak else "none known for this device (CPU: see ceiling)"))]
@@ -76,12 +80,19 @@ def _ensemble_lines(single: dict, rows: list[dict]) -> list[str]:
     lines = ["", f"ensembles (vmap over K models, batch {single['batch_size']}, widths "
                  f"{name(single['hidden'])}): one model alone {single['model_steps_per_s']:,.0f} "
                  "model-steps/s; seeds = K seeds at one lr, learning_rates = one seed at K lrs",
+             "memory: XLA's count of bytes one train step reads and writes (batch given) x "
+             "steps/s, and its share of the measured memory ceiling",
              f"{'K':>5}  {'kind':<15}{'scan':>6}{'steps/s':>10}{'model-steps/s':>15}{'x one':>8}"
-             f"{'peak MiB':>10}"]
-    for e in rows:
+             f"{'peak MiB':>10}{'MB/step':>10}{'memory B/s':>12}{'%mem':>6}"]
+    for e in [{**single, "k": 1, "kind": "one model", "vs_single": 1.0,
+               "peak_device_bytes": None}, *rows]:
+        per_step = e.get("xla_bytes_per_step")
         lines.append(f"{e['k']:>5}  {e['kind']:<15}{e['steps_per_call']:>6}"
                      f"{_rate(e['steps_per_s']['median']):>10}{e['model_steps_per_s']:>15,.0f}"
-                     f"{_num(e['vs_single']):>8}{_mib(e['peak_device_bytes']):>10}")
+                     f"{_num(e['vs_single']):>8}{_mib(e['peak_device_bytes']):>10}"
+                     f"{_num(per_step and per_step / 1e6, '.1f'):>10}"
+                     f"{_si(e.get('achieved_bytes_per_s'), 'B/s'):>12}"
+                     f"{_pct(e.get('vs_memory_ceiling')):>6}")
     return lines
 
 

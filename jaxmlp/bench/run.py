@@ -86,7 +86,7 @@ class BenchConfig(timing.TimingConfig):
         """Seconds, not minutes: one batch size, short scans, few repeats."""
         base = dict(batch_sizes=(100,), ensemble_sizes=(1, 2), repeats=3, target_seconds=0.05,
                     warmup_calls=1, scan_examples=2_000, min_scan_steps=5, max_scan_steps=50,
-                    matmul_size=1024, startup_steps=10)
+                    matmul_size=1024, memory_bytes=2**24, startup_steps=10)
         return cls(**{**base, **changes})
 
 
@@ -106,12 +106,13 @@ def environment() -> dict:
 
 
 def hardware(config: timing.TimingConfig, backend: str, say) -> dict:
-    """The matmul ceiling measured here and the device's published peak."""
-    n = config.ceiling_size(backend)
+    """The matmul and memory-bandwidth ceilings measured here and the device's published peak."""
+    n, size = config.ceiling_size(backend), config.memory_size(backend)
     say(f"matmul ceiling ({n}x{n} f32) ...")
-    return {"matmul_ceiling": timing.matmul_ceiling(n, repeats=config.repeats,
-                                                    target_seconds=config.target_seconds),
-            "device_peak": timing.device_peak()}
+    matmul = timing.matmul_ceiling(n, repeats=config.repeats, target_seconds=config.target_seconds)
+    say(f"memory ceiling ({size / 2**20:.0f} MiB read and written) ...")
+    memory = timing.memory_ceiling(size, repeats=config.repeats, target_seconds=config.target_seconds)
+    return {"matmul_ceiling": matmul, "memory_ceiling": memory, "device_peak": timing.device_peak()}
 
 
 def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] | None = None) -> dict:
@@ -147,7 +148,8 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] | None = No
     base = _model_config(config, config.hidden[0]).replace(batch_size=config.ensemble_batch_size)
     ens = measure.ensembles(base, kinds=config.ensemble_kinds, sizes=sizes, data=data,
                             scan_steps=lambda k: config.scan_steps(base.batch_size, k),
-                            timing=config.timing, say=say)
+                            timing=config.timing, say=say,
+                            memory_ceiling=result["memory_ceiling"]["bytes_per_s"])
     result["ensemble_single"], result["ensembles"] = ens["single"], ens["rows"]
     if config.compile_times:  # last: jax.clear_caches() makes everything after it recompile
         with tempfile.TemporaryDirectory(prefix="jaxmlp-bench-cache-") as cache_root:

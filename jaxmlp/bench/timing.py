@@ -59,6 +59,7 @@ class TimingConfig:
     min_scan_steps: int = 10  # ... within these bounds on its step count
     max_scan_steps: int = 1_000
     matmul_size: int | None = None  # n of the n x n f32 ceiling matmul (None: 2048 CPU, 8192 else)
+    memory_bytes: int | None = None  # array of the bandwidth ceiling (None: 256 MiB CPU, 2 GiB else)
     learning_rate: float = 0.3
     seed: int = 0
 
@@ -79,6 +80,9 @@ class TimingConfig:
 
     def ceiling_size(self, backend: str) -> int:
         return self.matmul_size or (2048 if backend == "cpu" else 8192)
+
+    def memory_size(self, backend: str) -> int:
+        return self.memory_bytes or (2**28 if backend == "cpu" else 2**31)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -240,16 +244,40 @@ def compile_seconds(lower: Callable[[], Any], cache_dir: str) -> dict:
             "warm_cache_hits": len(hits)}
 
 
-def xla_flops(compiled) -> float | None:
-    """'flops' of XLA's cost analysis of a compiled program (None where unavailable)."""
+def xla_cost(compiled, key: str) -> float | None:
+    """``key`` ('flops', 'bytes accessed') of XLA's cost analysis of a compiled program
+    (None where unavailable)."""
     try:
         cost = compiled.cost_analysis()
     except Exception:  # NotImplementedError on some backends; the format is not a contract
         return None
     if isinstance(cost, (list, tuple)):  # older JAX: one dict per program
         cost = cost[0] if cost else None
-    flops = cost.get("flops") if isinstance(cost, dict) else None
-    return float(flops) if flops is not None and flops > 0 else None
+    value = cost.get(key) if isinstance(cost, dict) else None
+    return float(value) if value is not None and value > 0 else None
+
+
+def xla_flops(compiled) -> float | None:
+    """'flops' of XLA's cost analysis of a compiled program (None where unavailable)."""
+    return xla_cost(compiled, "flops")
+
+
+def memory_ceiling(num_bytes: int, *, repeats: int = 5, target_seconds: float = 0.5,
+                   chain: int = 4) -> dict:
+    """Best bytes/s of an elementwise pass over a float32 array of ``num_bytes`` (each pass
+    reads and writes it once): the device's memory bandwidth as XLA reaches it."""
+    x = jnp.zeros((num_bytes // 4,), jnp.float32)
+    f = jax.jit(lambda x: jax.lax.fori_loop(0, chain, lambda _, x: x * 0.5 + 1.0, x),
+                donate_argnums=0)
+    box = [x]
+
+    def call():
+        box[0] = f(box[0])
+        return box[0]
+
+    m = measure(Loop(call, chain), repeats=repeats, target_seconds=target_seconds, warmup_calls=1)
+    rates = [r * 2 * num_bytes for r in m["steps_per_s"]["values"]]
+    return {"bytes": num_bytes, "bytes_per_s": max(rates), "bytes_per_s_stats": stats(rates)}
 
 
 def program_bytes(compiled) -> int | None:
