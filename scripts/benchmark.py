@@ -27,7 +27,7 @@ from jaxmlp import bench
 _ONLY = {"hidden": "default", "no_compile_times": "default", "startup": "default",
          "startup_dataset": "default", "startup_manual_dir": "default", "whole_run": "default",
          "dataset": "default", "manual_dir": "default", "data_dir": "default",
-         "whole_run_steps": "default", "num_seeds": "accelerator", "schedule_steps": "accelerator",
+         "whole_run_steps": "default", "whole_run_repeats": "default", "num_seeds": "accelerator", "schedule_steps": "accelerator",
          "data_npz": "accelerator", "budget": "accelerator"}
 
 
@@ -74,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
                    help="--whole-run's IDX files (default: /usr/share/datasets/fashion-mnist)")
     p.add_argument("--data-dir", help="--whole-run's TFDS data dir (default: a fresh temporary one)")
     p.add_argument("--whole-run-steps", type=int, help="--whole-run's steps (default: 10000)")
+    p.add_argument("--whole-run-repeats", type=int, help="--whole-run's warm jaxmlp runs, each "
+                   "followed by a run of the 2017 program; medians reported (default: 3)")
     p.add_argument("--num-seeds", type=int, help="accelerator (e): seeds in one ensemble (default: 1000)")
     p.add_argument("--schedule-steps", type=int, help="accelerator (d), (e): steps (default: 10000)")
     p.add_argument("--data-npz", metavar="PATH",
@@ -111,6 +113,7 @@ def main(argv=None) -> int:
         "manual_dir": args.manual_dir,
         "data_dir": args.data_dir,
         "whole_run_steps": args.whole_run_steps,
+        "whole_run_repeats": args.whole_run_repeats,
         "num_seeds": args.num_seeds,
         "schedule_steps": args.schedule_steps,
         "data_npz": args.data_npz,

@@ -91,17 +91,20 @@ def measure_startup(*, dataset: str, manual_dir: str, steps: int = 100, timeout_
 
 
 def whole_run(*, dataset: str, manual_dir: str, data_dir: str | None = None, steps: int | None = None,
-              timeout_s: float = 3600, log=lambda _: None) -> dict:
+              repeats: int = 1, timeout_s: float = 3600, log=lambda _: None) -> dict:
     """The whole default run of ``scripts/train.py``, part by part, and the 2017 program's.
 
     First the data is prepared in ``data_dir`` (None: a fresh temporary one) by a
     child of its own, so both programs then read the same decoded arrays from
-    jaxmlp's cache. jaxmlp runs twice on one fresh compilation cache: cold (a
-    first run's compile) and warm (every later run's, as ``scripts/train.py``
-    keeps its cache). ``steps`` (None: the default 10,000) applies to all runs.
-    Returns {'jaxmlp': the warm run's summary timings and process total,
-    'jaxmlp_cold': the cold run's, 'original': the 2017 program's timings and
-    process total, 'original_vs_jaxmlp'(_cold): process total ratios, ...}.
+    jaxmlp's cache. jaxmlp runs on one fresh compilation cache: once cold (a
+    first run's compile), then ``repeats`` times warm (every later run's, as
+    ``scripts/train.py`` keeps its cache), alternating with ``repeats`` runs of
+    the 2017 program, so a slow spell of the machine hits both alike. ``steps``
+    (None: the default 10,000) applies to all runs.
+    Returns {'jaxmlp': the median warm run's summary timings and process total,
+    'jaxmlp_cold': the cold run's, 'original': the 2017 program's median run,
+    each with 'process_seconds_runs' (every run), 'original_vs_jaxmlp'(_cold):
+    process total ratios of those, ...}.
     """
     result = {"dataset": dataset, "manual_dir": manual_dir, "data_dir": data_dir, "steps": steps}
     problem = _missing(manual_dir)
@@ -114,29 +117,49 @@ def whole_run(*, dataset: str, manual_dir: str, data_dir: str | None = None, ste
         report, info = _child(
             [sys.executable, "-c", _PREPARE, dataset, data_dir, manual_dir, prepared], prepared, timeout_s)
         result["prepare"] = {**(report or {}), **info}
-        for key, which in (("jaxmlp_cold", "cold"), ("jaxmlp", "warm")):
+        def ours(which: str, i: int) -> dict:
             log(f"whole run: scripts/train.py, default schedule, {which} compilation cache ...")
-            out = os.path.join(tmp, which)
+            out = os.path.join(tmp, f"{which}-{i}")
             summary, info = _child(_train_cmd(dataset=dataset, manual_dir=manual_dir, data_dir=data_dir,
                                               out=out, cache=os.path.join(tmp, "xla"), steps=steps),
                                    os.path.join(out, "summary.json"), timeout_s)
-            if summary is not None:
-                t = summary["timings"]
-                info = {**{k: t[k] for k in RUN_PARTS if k in t}, "total_seconds": t.get("total_seconds"),
-                        **info, "steps": summary.get("steps"),
-                        "final_test_accuracy": summary.get("final_test_accuracy")}
-            result[key] = info
-        log("whole run: the 2017 TF1 program ...")
-        original = os.path.join(tmp, "original.json")
-        report, info = _child(
-            [sys.executable, "-m", "jaxmlp.bench.original", "--dataset", dataset, "--data-dir", data_dir,
-             "--manual-dir", manual_dir, "--steps", str(steps or 10_000), "--json", original],
-            original, timeout_s)
-        result["original"] = {**(report or {}), **info}
+            if summary is None:
+                return info
+            t = summary["timings"]
+            return {**{k: t[k] for k in RUN_PARTS if k in t}, "total_seconds": t.get("total_seconds"),
+                    **info, "steps": summary.get("steps"),
+                    "final_test_accuracy": summary.get("final_test_accuracy")}
+
+        def original(i: int) -> dict:
+            log("whole run: the 2017 TF1 program ...")
+            path = os.path.join(tmp, f"original-{i}.json")
+            report, info = _child(
+                [sys.executable, "-m", "jaxmlp.bench.original", "--dataset", dataset, "--data-dir",
+                 data_dir, "--manual-dir", manual_dir, "--steps", str(steps or 10_000), "--json", path],
+                path, timeout_s)
+            return {**(report or {}), **info}
+
+        result["jaxmlp_cold"] = _median_run([ours("cold", 0)])
+        warm, theirs = [], []
+        for i in range(repeats):
+            warm.append(ours("warm", i))
+            theirs.append(original(i))
+        result["jaxmlp"], result["original"] = _median_run(warm), _median_run(theirs)
     for key in ("jaxmlp", "jaxmlp_cold"):
         result[f"original_vs_{key}"] = ratio(result["original"].get("process_seconds"),
                                              result[key].get("process_seconds"))
     return result
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median process time (of an even count, the slower middle one),
+    with every run's time in 'process_seconds_runs'; the first error if any run failed."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    times = [r["process_seconds"] for r in runs]
+    middle = sorted(runs, key=lambda r: r["process_seconds"])[len(runs) // 2]
+    return {**middle, "process_seconds_runs": times}
 
 
 # Loads (and if needed prepares) the dataset in a child, so the parent never imports TFDS.

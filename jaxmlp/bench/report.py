@@ -139,7 +139,10 @@ def _process_lines(result: dict) -> list[str]:
             elif w:
                 detail = ", ".join(f"{p} {w[p + '_seconds']:.1f}" for p in parts
                                    if w.get(p + "_seconds") is not None)
-                lines.append(f"  {who:<12}process {w['process_seconds']:.1f} ({detail}); "
+                runs = w.get("process_seconds_runs", [])
+                spread = (f" (median of {', '.join(f'{t:.1f}' for t in runs)})"
+                          if len(runs) > 1 else "")
+                lines.append(f"  {who:<12}process {w['process_seconds']:.1f}{spread} ({detail}); "
                              f"final test accuracy {_num(w.get('final_test_accuracy'), '.4f')}")
         for key, which in (("original_vs_jaxmlp_cold", "cold"), ("original_vs_jaxmlp", "warm")):
             if wr.get(key):

@@ -66,6 +66,7 @@ class BenchConfig(timing.TimingConfig):
     manual_dir: str = "/usr/share/datasets/fashion-mnist"
     data_dir: str | None = None  # ... its TFDS data dir (None: a fresh temporary one)
     whole_run_steps: int | None = None  # None: the default schedule's 10,000
+    whole_run_repeats: int = 3  # warm jaxmlp runs, alternating with as many of the 2017 program
 
     def __post_init__(self):
         super().__post_init__()
@@ -80,6 +81,8 @@ class BenchConfig(timing.TimingConfig):
                 raise ValueError(f"batch size {b} must be in [1, {self.num_train}]")
         if any(k < 1 for k in self.ensemble_sizes or ()):
             raise ValueError(f"ensemble sizes must be >= 1, got {self.ensemble_sizes}")
+        if self.whole_run_repeats < 1:
+            raise ValueError(f"whole-run repeats must be >= 1, got {self.whole_run_repeats}")
 
     @classmethod
     def quick(cls, **changes) -> "BenchConfig":
@@ -133,7 +136,7 @@ def run_benchmark(config: BenchConfig, *, log: Callable[[str], None] | None = No
         say("whole run: scripts/train.py and the 2017 TF1 program ...")
         result["whole_run"] = processes.whole_run(
             dataset=config.dataset, manual_dir=config.manual_dir, data_dir=config.data_dir,
-            steps=config.whole_run_steps, log=say)
+            steps=config.whole_run_steps, repeats=config.whole_run_repeats, log=say)
     env = result["environment"] = environment()
     result.update(hardware(config, env["backend"], say))
 
