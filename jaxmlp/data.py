@@ -168,7 +168,7 @@ def _tfds_release() -> str:
 
 
 def _from_warm_cache(name: str, data_dir: str | None, splits: tuple) -> Dataset | None:
-    """Both splits from the warm cache, without importing TFDS (~1 s), or None.
+    """Both splits from the warm cache without importing TFDS (0.6 s of start-up here), or None.
 
     Every miss goes the full way: the version note missing (a new TFDS release),
     an entry missing, stale or corrupt, a split string never read, or an active

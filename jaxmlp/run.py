@@ -9,6 +9,7 @@ checkpoints and honours Ctrl-C/SIGTERM; everything else stays on the device.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 import signal
@@ -95,8 +96,6 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
     clock = {"started": time.perf_counter() if started is None else started}
     with _signals() as stop:
         out_dir = _prepare_folder(config, out_dir, resume=resume, overwrite=overwrite)
-        if out_dir is not None:
-            _import_in_background("orbax.checkpoint", "jaxmlp.plot")  # needed only later
         dataset = dataset or data.load(config.dataset, data_dir=config.data_dir,
                                        manual_dir=config.manual_dir, train_split=config.train_split,
                                        test_split=config.test_split, progress=not quiet)
@@ -105,10 +104,13 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
         run_c, record_c, no_metrics = _compile(config, placement, dev_data, state, history, orders)
         clock["compiled"] = time.perf_counter()
         _stop_if_signalled(stop, "during start-up: nothing was trained and nothing written")
-        mngr = (checkpoint.manager(runs.RunFiles.under(out_dir).checkpoints)
+        # Opened at its first use (Orbax takes about as long to import as JAX).
+        mngr = (functools.cache(lambda: checkpoint.manager(runs.RunFiles.under(out_dir).checkpoints))
                 if out_dir is not None and jax.process_count() == 1 else None)
+        if out_dir is not None:
+            _import_in_background("orbax.checkpoint", "jaxmlp.plot")  # needed only later
         if resume:
-            state, history = placement.put_state(checkpoint.restore(mngr, state, history))
+            state, history = placement.put_state(checkpoint.restore(mngr(), state, history))
         else:
             copy = jax.device_put(state, may_alias=False)  # ``record`` donates its first argument
             state, history, _ = record_c(copy, state, history, no_metrics, dev_data)  # step 0
@@ -121,8 +123,8 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
         summary = _summarize(config, outcome, dataset, placement, clock)
         if out_dir is not None:
             summary = write_records(out_dir, config, outcome, dataset, summary, mngr, clock)
-        if mngr is not None:
-            mngr.close()
+        if mngr is not None and mngr.cache_info().currsize:
+            mngr().close()
     return _finish(config, outcome, summary, out_dir, stop)
 
 
@@ -219,14 +221,14 @@ def _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop
                 status = "diverged"
                 break
             if mngr is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
-                checkpoint.save(mngr, state, history)
+                checkpoint.save(mngr(), state, history)
             if stop.signum is not None:
                 status = "interrupted"
                 break
     finally:
         reporter.close()
     if mngr is not None and status != "diverged":
-        checkpoint.save(mngr, state, history)  # frozen members hold their last finite state
+        checkpoint.save(mngr(), state, history)  # frozen members hold their last finite state
     return _Outcome(state, hist.truncate(history, step), step, status, first, step - first,
                     train_s, eval_s)
 
@@ -282,7 +284,8 @@ def write_records(out_dir, config: Config, outcome: _Outcome, dataset: data.Data
     labels = [f"seed {s}, lr {lr:g}" for s, lr in config.members] if config.is_ensemble else None
     figures = plot.plot_history(outcome.history, out_dir, misclassified=wrong, members=labels)
     written = [files.config, files.history, *([files.misclassified] if wrong is not None else []),
-               *figures, *([files.checkpoints] if mngr is not None else [])]
+               *figures, *([files.checkpoints] if mngr is not None and mngr.cache_info().currsize
+                           else [])]
     clock["written"] = time.perf_counter()
     summary = {**summary, "environment": records.environment(),
                "files": {os.path.basename(os.fspath(p)): os.path.abspath(p) for p in written}}
@@ -320,7 +323,8 @@ def _finish(config: Config, outcome: _Outcome, summary: dict, out_dir, stop) -> 
 
 def _import_in_background(*modules: str) -> None:
     # Orbax and matplotlib take about as long to import as JAX; a thread imports them while
-    # the data loads, the programs compile and the model trains (mostly outside the GIL).
+    # the model trains, when the main thread only waits for the device. Started earlier it
+    # slowed start-up by competing for the GIL (measured: whole runs 0.3 s faster this way).
     # Python's import lock makes a later ``import`` of the same module wait for this one.
     threading.Thread(target=lambda: [importlib.import_module(m) for m in modules],
                      daemon=True).start()

@@ -279,6 +279,9 @@ def plot(result: dict, path: str) -> None:
     _save(fig, path)
 
 
+COLLAPSED_BELOW = 0.2  # final test accuracy under twice chance: a member that never learned
+
+
 def plot_accelerator(result: dict, path: str) -> None:
     """Accelerator suite: (a) paths, (b) batch sweep, (c) ensembles, (e) final accuracy histogram."""
     fig, (ax_a, ax_b, ax_c, ax_e) = _figure(13, 9, 2, 2)
@@ -297,12 +300,16 @@ def plot_accelerator(result: dict, path: str) -> None:
         ax_e.set_axis_off()
     else:
         final = np.asarray([np.nan if v is None else v for v in e["final_test_accuracy"]], float)
-        ax_e.hist(final[np.isfinite(final)], bins=min(50, max(5, final.size // 10)))
+        final = final[np.isfinite(final)]
+        # Members that collapsed to about chance (10 classes) would squash the others' bins.
+        learned = final[final >= COLLAPSED_BELOW]
+        ax_e.hist(learned, bins=min(50, max(5, learned.size // 10)))
         if not d["skipped"]:
             ax_e.axvline(d["final_test_accuracy"], color="black", linestyle="--", label="(d) one run")
             ax_e.legend(fontsize=8)
         ax_e.set(xlabel="final test accuracy", ylabel="models",
-                 title=f"(e) {e['models']} seeds, {e['steps']:,} steps each, on {result['data']['source']}"
-                       f" ({e['accuracy']['diverged']} diverged, not shown)")
+                 title=f"(e) {e['models']} seeds, {e['steps']:,} steps each, on {result['data']['source']}\n"
+                       f"not shown: {e['accuracy']['diverged']} diverged, "
+                       f"{final.size - learned.size} below {COLLAPSED_BELOW:g} (collapsed)")
     fig.tight_layout()
     _save(fig, path)
