@@ -324,7 +324,7 @@ def _finish(config: Config, outcome: _Outcome, summary: dict, out_dir, stop) -> 
 def _import_in_background(*modules: str) -> None:
     # Orbax and matplotlib take about as long to import as JAX; a thread imports them while
     # the model trains, when the main thread only waits for the device. Started earlier it
-    # slowed start-up by competing for the GIL (measured: whole runs 0.3 s faster this way).
+    # slowed start-up by competing for the GIL (measured: whole runs 0.2-0.3 s faster).
     # Python's import lock makes a later ``import`` of the same module wait for this one.
     threading.Thread(target=lambda: [importlib.import_module(m) for m in modules],
                      daemon=True).start()
