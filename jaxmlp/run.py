@@ -107,24 +107,28 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
         # Opened at its first use (Orbax takes about as long to import as JAX).
         mngr = (functools.cache(lambda: checkpoint.manager(runs.RunFiles.under(out_dir).checkpoints))
                 if out_dir is not None and jax.process_count() == 1 else None)
-        if out_dir is not None:
-            _import_in_background("orbax.checkpoint", "jaxmlp.plot")  # needed only later
-        if resume:
-            state, history = placement.put_state(checkpoint.restore(mngr(), state, history))
-        else:
-            copy = jax.device_put(state, may_alias=False)  # ``record`` donates its first argument
-            state, history, _ = record_c(copy, state, history, no_metrics, dev_data)  # step 0
+        # Needed only at the end: imported while training runs (``_import_in_background``).
+        importer = _import_in_background(*[m for m, used in (("orbax.checkpoint", mngr is not None),
+                                                             ("jaxmlp.plot", out_dir is not None)) if used])
+        try:
+            if resume:
+                state, history = placement.put_state(checkpoint.restore(mngr(), state, history))
+            else:
+                copy = _copy(state)  # ``record`` donates its first argument
+                state, history, _ = record_c(copy, state, history, no_metrics, dev_data)  # step 0
+                if out_dir is not None:
+                    records.atomic_write_json(runs.RunFiles.under(out_dir).config, config.to_dict())
+            reporter = reporter or Reporter(quiet=quiet)
+            outcome = _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop,
+                           len(dataset.train_labels))
+            clock["trained"] = time.perf_counter()
+            summary = _summarize(config, outcome, dataset, placement, clock)
             if out_dir is not None:
-                records.atomic_write_json(runs.RunFiles.under(out_dir).config, config.to_dict())
-        reporter = reporter or Reporter(quiet=quiet)
-        outcome = _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop,
-                       len(dataset.train_labels))
-        clock["trained"] = time.perf_counter()
-        summary = _summarize(config, outcome, dataset, placement, clock)
-        if out_dir is not None:
-            summary = write_records(out_dir, config, outcome, dataset, summary, mngr, clock)
-        if mngr is not None and mngr.cache_info().currsize:
-            mngr().close()
+                summary = write_records(out_dir, config, outcome, dataset, summary, mngr, clock)
+            if mngr is not None and mngr.cache_info().currsize:
+                mngr().close()
+        finally:
+            importer.join()  # no import may still be running when the interpreter shuts down
     return _finish(config, outcome, summary, out_dir, stop)
 
 
@@ -321,13 +325,19 @@ def _finish(config: Config, outcome: _Outcome, summary: dict, out_dir, stop) -> 
     return result
 
 
-def _import_in_background(*modules: str) -> None:
+# One program for the whole state (one jnp.copy per leaf compiled one program per shape).
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
+def _import_in_background(*modules: str) -> threading.Thread:
     # Orbax and matplotlib take about as long to import as JAX; a thread imports them while
     # the model trains, when the main thread only waits for the device. Started earlier it
     # slowed start-up by competing for the GIL (measured: whole runs 0.2-0.3 s faster).
     # Python's import lock makes a later ``import`` of the same module wait for this one.
-    threading.Thread(target=lambda: [importlib.import_module(m) for m in modules],
-                     daemon=True).start()
+    thread = threading.Thread(target=lambda: [importlib.import_module(m) for m in modules],
+                              daemon=True)
+    thread.start()
+    return thread
 
 
 def _stop_if_signalled(stop, when: str) -> None:
