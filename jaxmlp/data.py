@@ -49,7 +49,6 @@ name and ``os.replace``-d.
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import os
 import shutil
 import socket
@@ -64,6 +63,7 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxmlp import data_cache, idx
+from jaxmlp.data_cache import default_data_dir
 from jaxmlp.config import DATASETS
 
 PROBE_TIMEOUT_S = 4.0  # TCP connect to the download host; keeps the offline error well under 10 s
@@ -128,7 +128,7 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
         return _from_mock(name, version, data_dir, splits)
     cached = data_cache.read(data_dir, name, version, splits)
     if len(cached) == len(splits):
-        data_cache.note_version(data_dir, name, _tfds_release(), version)  # warm next time
+        data_cache.note_version(data_dir, name, version)  # warm next time
         return Dataset(*cached[splits[0]], *cached[splits[1]], name, version, "cache", *splits)
     if os.path.isfile(_info_path(data_dir, name, version)):
         return data_cache.store(_from_tfds(name, version, data_dir, splits, source="tfds",
@@ -154,36 +154,19 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
                             data_dir)
 
 
-def default_data_dir() -> str:
-    """TFDS's default data dir: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``, read
-    without importing TFDS (once imported, TFDS's own constant)."""
-    tfds = sys.modules.get("tensorflow_datasets")
-    if tfds is not None:
-        return tfds.core.constants.DATA_DIR
-    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
-
-
-def _tfds_release() -> str:
-    return importlib.metadata.version("tensorflow-datasets")
-
-
 def _from_warm_cache(name: str, data_dir: str | None, splits: tuple) -> Dataset | None:
-    """Both splits from the warm cache without importing TFDS (0.6 s of start-up here), or None.
-
-    Every miss goes the full way: the version note missing (a new TFDS release),
-    an entry missing, stale or corrupt, a split string never read, or an active
-    ``tfds.testing.mock_data`` (which must never see real data).
-    """
+    """Both splits from the warm cache without importing TFDS (0.6 s of start-up here), or
+    None: then the full path runs (it also says what is wrong with a bad split). An active
+    ``tfds.testing.mock_data`` never sees real data."""
     tfds = sys.modules.get("tensorflow_datasets")
-    if tfds is not None and _tfds_is_mocked(tfds):
+    if (tfds is not None and _tfds_is_mocked(tfds)) or not all(isinstance(s, str) and s.strip()
+                                                               for s in splits):
         return None
-    if not all(isinstance(s, str) and s.strip() for s in splits):
-        return None  # the full path says what is wrong
     data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
-    version = data_cache.noted_version(data_dir, name, _tfds_release())
-    cached = data_cache.read(data_dir, name, version, splits) if version else {}
-    if len(cached) != len(splits):
+    warm = data_cache.read_warm(data_dir, name, splits)
+    if warm is None:
         return None
+    version, cached = warm
     return Dataset(*cached[splits[0]], *cached[splits[1]], name, version, "cache", *splits)
 
 

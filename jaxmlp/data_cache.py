@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import sys
 import urllib.parse
 import warnings
 
@@ -53,16 +54,26 @@ def entry_path(data_dir: str, name: str, version: str, split: str) -> str:
     return os.path.join(data_dir, CACHE_DIR, name, version, fname)
 
 
-def _version_note(data_dir: str, name: str, tfds_release: str) -> str:
-    # Per TFDS release: a new release may bring a new dataset version, so its first load
-    # asks TFDS again.
-    return os.path.join(data_dir, CACHE_DIR, name, f"tfds-{tfds_release}.version")
+def default_data_dir() -> str:
+    """TFDS's default data dir: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``, read
+    without importing TFDS (once imported, TFDS's own constant)."""
+    tfds = sys.modules.get("tensorflow_datasets")
+    if tfds is not None:
+        return tfds.core.constants.DATA_DIR
+    return os.environ.get("TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
-def noted_version(data_dir: str, name: str, tfds_release: str) -> str | None:
-    """The version of ``name`` noted for this TFDS release by ``note_version``, or None."""
+def _version_note(data_dir: str, name: str) -> str:
+    # Per installed TFDS release: a new release may bring a new dataset version, so its
+    # first load asks TFDS again.
+    release = importlib.metadata.version("tensorflow-datasets")
+    return os.path.join(data_dir, CACHE_DIR, name, f"tfds-{release}.version")
+
+
+def noted_version(data_dir: str, name: str) -> str | None:
+    """The version of ``name`` noted for the installed TFDS by ``note_version``, or None."""
     try:
-        with open(_version_note(data_dir, name, tfds_release), encoding="utf-8") as f:
+        with open(_version_note(data_dir, name), encoding="utf-8") as f:
             version = f.read().strip()
     except (OSError, UnicodeDecodeError):
         return None
@@ -70,15 +81,23 @@ def noted_version(data_dir: str, name: str, tfds_release: str) -> str | None:
     return version if ok else None  # never a path outside the cache
 
 
-def note_version(data_dir: str, name: str, tfds_release: str, version: str) -> None:
-    """Remember ``name``'s TFDS version under this release (best effort), so warm loads
-    need not import TFDS to learn it."""
+def note_version(data_dir: str, name: str, version: str) -> None:
+    """Remember ``name``'s TFDS version for the installed TFDS (best effort), so warm
+    loads need not import TFDS to learn it."""
     try:
-        path = _version_note(data_dir, name, tfds_release)
+        path = _version_note(data_dir, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         records.atomic_write_bytes(path, version.encode())
     except OSError:
         pass  # e.g. a read-only data dir: loads just stay on the slower path
+
+
+def read_warm(data_dir: str, name: str, splits) -> tuple[str, dict] | None:
+    """(version, {split: (images, labels)}) when the note and every split's entry are there
+    and current, else None; needs neither TFDS nor TensorFlow."""
+    version = noted_version(data_dir, name)
+    cached = read(data_dir, name, version, splits) if version else {}
+    return (version, cached) if len(cached) == len(splits) else None
 
 
 def read(data_dir: str, name: str, version: str, splits) -> dict:
@@ -113,7 +132,7 @@ def store(ds, data_dir: str, skip=()):
             path = entry_path(data_dir, ds.name, ds.version, split)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             records.atomic_save_npz(path, {"images": images, "labels": labels, "token": np.str_(token)})
-        note_version(data_dir, ds.name, importlib.metadata.version("tensorflow-datasets"), ds.version)
+        note_version(data_dir, ds.name, ds.version)
     except OSError as e:  # e.g. a shared read-only data dir: loading still works, only slower
         warnings.warn(f"jaxmlp: could not write the data cache under {data_dir} ({e}); "
                       f"the next load will decode through TFDS again", stacklevel=3)

@@ -402,11 +402,11 @@ def test_default_data_dir_is_tfds_own(tmp_path):
     # Read without importing TFDS on the warm path; it must be the folder TFDS would use.
     code = textwrap.dedent("""
         import sys
-        from jaxmlp import data
-        ours = data.default_data_dir()
+        from jaxmlp import data_cache
+        ours = data_cache.default_data_dir()
         assert "tensorflow_datasets" not in sys.modules
         import tensorflow_datasets as tfds
-        print(ours == tfds.core.constants.DATA_DIR == data.default_data_dir())
+        print(ours == tfds.core.constants.DATA_DIR == data_cache.default_data_dir())
     """)
     for env in ({"TFDS_DATA_DIR": str(tmp_path / "elsewhere")}, {"HOME": str(tmp_path)}):
         with pytest.MonkeyPatch.context() as m:
