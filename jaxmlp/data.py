@@ -109,6 +109,8 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
+    # TFDS's default when None (computed the same way whether or not TFDS is imported).
+    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
     warm = _from_warm_cache(name, data_dir, (train_split, test_split))
     if warm is not None:
         return warm
@@ -121,7 +123,6 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
 
     builder_cls = tfds.builder_cls(name)
     version = str(builder_cls.VERSION)
-    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
 
     if _tfds_is_mocked(tfds):
         # Fake data: TFDS ignores data_dir here, and nothing may reach a real cache.
@@ -154,7 +155,7 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
                             data_dir)
 
 
-def _from_warm_cache(name: str, data_dir: str | None, splits: tuple) -> Dataset | None:
+def _from_warm_cache(name: str, data_dir: str, splits: tuple) -> Dataset | None:
     """Both splits from the warm cache without importing TFDS (0.6 s of start-up here), or
     None: then the full path runs (it also says what is wrong with a bad split). An active
     ``tfds.testing.mock_data`` never sees real data."""
@@ -162,7 +163,6 @@ def _from_warm_cache(name: str, data_dir: str | None, splits: tuple) -> Dataset 
     if (tfds is not None and _tfds_is_mocked(tfds)) or not all(isinstance(s, str) and s.strip()
                                                                for s in splits):
         return None
-    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
     warm = data_cache.read_warm(data_dir, name, splits)
     if warm is None:
         return None

@@ -233,9 +233,9 @@ def markdown(ladder: dict) -> str:
         f"images ({d['train_split']}), {d['test_examples']:,} test images ({d['test_split']}).",
         f"- Each rung: {ladder['steps']:,} steps of batch {ladder['batch_size']}, the whole test set "
         f"scored every {ladder['eval_every']} steps; {len(seeds)} seeds ({', '.join(map(str, seeds))}) "
-        f"trained as one vmapped ensemble.",
-        f"- Values: mean ± sample standard deviation (n - 1) over seeds; diverged members are "
-        f"left out and counted. Best = the highest test accuracy of any evaluation.",
+        "trained as one vmapped ensemble.",
+        "- Values: mean ± sample standard deviation (n - 1) over seeds; diverged members are "
+        "left out and counted. Best = the highest test accuracy of any evaluation.",
         f"- Wall time: {ladder['wall_seconds']:.0f} s in all ({ladder['data_seconds']:.0f} s loading "
         f"the data), on {ladder['environment'].get('backend', '?')} "
         f"({ladder['environment'].get('device_kind', '?')}).",
