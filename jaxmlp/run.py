@@ -184,9 +184,10 @@ def _compile(config: Config, placement, dev_data, state, history, orders):
     no_metrics = loop.nan_metrics(config.eval_every, len(config.members) if config.is_ensemble else None)
     no_metrics = {**placement.put_state({k: no_metrics[k] for k in ("loss", "accuracy")}),
                   "step": placement.put_replicated(no_metrics["step"])}
-    record_c = loop.record.lower(state, state, history, no_metrics, dev_data,
-                                 eval_every=config.eval_every,
-                                 eval_batch_size=config.eval_batch_size).compile()
+    record_c = loop.compile_record(
+        loop.record.lower(state, state, history, no_metrics, dev_data, eval_every=config.eval_every,
+                          eval_batch_size=config.eval_batch_size),
+        next(iter(jax.tree.leaves(state)[0].devices())).platform)
     return (lambda s: run_c(s, dev_data, orders)), record_c, no_metrics
 
 

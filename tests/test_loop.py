@@ -169,3 +169,53 @@ def test_a_diverging_member_is_frozen_and_the_others_train_on():
         for a, b in zip(_leaves(bad.state.params, i), _leaves(sane.state.params, i)):
             np.testing.assert_array_equal(a, b)
     assert bad.summary["final_test_accuracy"][0] == pytest.approx(sane.summary["final_test_accuracy"][0])
+
+
+# How the record program is compiled on CPU --------------------------------------------
+
+
+def _lowered_record(state, history, data):
+    metrics = loop.nan_metrics(20)
+    return loop.record.lower(state, state, history, metrics, data, eval_every=20,
+                             eval_batch_size=64)
+
+
+def _ynn_fusions(compiled) -> int:
+    return compiled.as_text().count('"kind":"__ynn_fusion"')
+
+
+def test_record_is_compiled_without_ynnpack_fusions_on_cpu_with_the_same_results():
+    """On CPU the record program opts out of YNNPACK fusions (faster on the 10k test set)
+    and scores the same; elsewhere it compiles plainly."""
+    c = Config(hidden=(32, 16), batch_size=50, steps=20, eval_every=20)
+    data = _device_data()
+    state, history, _ = loop.init_run(c, len(DATA.train_labels))
+    lowered = _lowered_record(state, history, data)
+    plain = lowered.compile()
+    try:
+        lowered.compile(compiler_options=loop.RECORD_CPU_OPTIONS)
+    except jax.errors.JaxRuntimeError:
+        pytest.skip("this XLA has no YNNPACK fusion option")
+    if not _ynn_fusions(plain):
+        pytest.skip("this XLA fuses nothing into YNNPACK here: nothing to opt out of")
+    ours = loop.compile_record(lowered, "cpu")
+    assert _ynn_fusions(ours) == 0
+    assert _ynn_fusions(loop.compile_record(lowered, "gpu")) == _ynn_fusions(plain)  # untouched
+    reports = [f(_copy(state), state, _copy(history), loop.nan_metrics(20), data)[2]
+               for f in (plain, ours)]
+    for k in ("test_loss", "test_accuracy", "weight_percentiles", "bias_percentiles"):
+        np.testing.assert_allclose(reports[1][k], reports[0][k], rtol=1e-6, err_msg=k)
+
+
+def test_record_compiles_plainly_where_xla_lacks_the_option(monkeypatch):
+    """An XLA without the option (it is experimental) must not stop a run."""
+    monkeypatch.setattr(loop, "RECORD_CPU_OPTIONS", {"xla_cpu_jaxmlp_no_such_option": ""})
+    c = Config(hidden=(32, 16), batch_size=50, steps=20, eval_every=20)
+    data = _device_data()
+    state, history, _ = loop.init_run(c, len(DATA.train_labels))
+    lowered = _lowered_record(state, history, data)
+    with pytest.raises(jax.errors.JaxRuntimeError, match="xla_cpu_jaxmlp_no_such_option"):
+        lowered.compile(compiler_options=loop.RECORD_CPU_OPTIONS)  # the premise
+    report = loop.compile_record(lowered, "cpu")(_copy(state), state, _copy(history),
+                                                 loop.nan_metrics(20), data)[2]
+    assert np.isfinite(report["test_loss"])
