@@ -69,7 +69,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from jaxmlp import data, run
+    from jaxmlp import data, parallel, run
+
+    # Before JAX starts: on CPU, each rung's ensemble gets a device per core.
+    parallel.use_cpu_devices(parallel.split_count(args.seeds, parallel.usable_cores()))
 
     try:
         result = ladder.run_ladder(args.dataset, out_dir=args.out, seeds=args.seeds,

@@ -95,8 +95,10 @@ def main(argv=None) -> int:
     # Only now pay for importing JAX and the data layer.
     import jax
 
-    from jaxmlp import run
+    from jaxmlp import parallel, run
 
+    if not args.distributed:  # before JAX starts: on CPU, an ensemble gets a device per core
+        parallel.use_cpu_devices(parallel.split_count(len(config.members), parallel.usable_cores()))
     if args.compile_cache:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)

@@ -162,7 +162,9 @@ def _benchmark(tmp_path, *args, without_tf=False):
     proc = subprocess.run(
         [*python, os.path.join(ROOT, "scripts", "benchmark.py"), *args, "--quiet",
          "--json", str(out), "--plot", str(png)],
-        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=child_env())
+        # Two CPU devices whatever the cores: ensembles are also timed split over both.
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env=child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert png.stat().st_size > 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     return proc.stdout, json.loads(out.read_text()), png
@@ -190,7 +192,7 @@ def test_quick_benchmark_writes_json_with_every_figure(tmp_path):
     param_bytes = 4 * model.num_params(loop.init_state(jax.random.key(0), Config()).params)
     for kind in paths.KINDS:  # both kinds at every K, each against one model of the same run
         ens = [e for e in r["ensembles"] if e["kind"] == kind]
-        assert [e["k"] for e in ens] == [1, 2]
+        assert [(e["k"], e["devices"]) for e in ens] == [(1, 1), (2, 1), (2, 2)]
         for e in [r["ensemble_single"], *ens]:
             k = e.get("k", 1)
             # A step reads and writes every member's parameters at least once each.
@@ -221,8 +223,8 @@ def test_quick_accelerator_suite_writes_every_part_and_the_same_keys_when_skippe
             "ensembles", "data", "seed_schedule", "seed_ensemble", "targets", "wall_seconds"} <= set(r)
     assert {row["variant"] for row in r["paths"]["rows"]} == set(paths.VARIANTS)
     assert [row["batch_size"] for row in r["batch_sweep"]["rows"]] == [100, 100, 1000, 1000]
-    assert [(e["k"], e["kind"]) for e in r["ensembles"]["rows"]] == [
-        (k, kind) for k in (1, 8) for kind in paths.KINDS]
+    assert [(e["k"], e["kind"], e["devices"]) for e in r["ensembles"]["rows"]] == [
+        (k, kind, d) for k in (1, 8) for kind in paths.KINDS for d in ((1,) if k == 1 else (1, 2))]
     assert set(r["ensembles"]["best"]) == set(paths.KINDS)
     assert not (r["batch_sweep"]["skipped"] or r["ensembles"]["skipped"])
     d, e = r["seed_schedule"], r["seed_ensemble"]
@@ -235,7 +237,7 @@ def test_quick_accelerator_suite_writes_every_part_and_the_same_keys_when_skippe
     _, skipped, _ = _benchmark(tmp_path, "--suite", "accelerator", "--quick", "--budget", "0.001")
     assert _key_paths(skipped) == _key_paths(r)
     assert skipped["paths"]["skipped"] == [100] and skipped["batch_sweep"]["skipped"] == [100, 1000]
-    assert not skipped["ensembles"]["rows"] and len(skipped["ensembles"]["skipped"]) == 4
+    assert not skipped["ensembles"]["rows"] and len(skipped["ensembles"]["skipped"]) == 6
     assert skipped["seed_schedule"]["skipped"] and skipped["seed_ensemble"]["skipped"]
 
 

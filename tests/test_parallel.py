@@ -12,6 +12,8 @@ import textwrap
 
 from conftest import ROOT, child_env
 
+from jaxmlp import parallel
+
 _SCRIPT = textwrap.dedent("""
     import json, sys
     import jax, numpy as np
@@ -31,6 +33,14 @@ _SCRIPT = textwrap.dedent("""
         out[name] = {{k: float(np.max(np.abs(one[k] - eight[k])))
                      for k in ("train_loss", "test_loss", "test_accuracy")}}
         out[name + "_mode"] = json.load(open({out!r} + "/" + name + "/summary.json"))["placement"]
+    # The benchmark's ensemble loop, split over 2 devices as a run would be.
+    from jaxmlp.bench import paths
+    ec = paths.ensemble_config("seeds", 4, Config(**base), num_examples=1000)
+    bdata = run.loop.Data(*(jax.numpy.asarray(a) for a in (data.train_images, data.train_labels,
+                                                           data.test_images, data.test_labels)))
+    split = paths.make_ensemble_loop(ec, data=bdata, scan_steps=4, devices=jax.devices()[:2]).call()["loss"]
+    alone = paths.make_ensemble_loop(ec, data=bdata, scan_steps=4).call()["loss"]
+    out["bench_split"] = [len(split.sharding.device_set), float(np.max(np.abs(split - alone)))]
     try:
         parallel.plan(50, 1)
     except parallel.PlacementError as e:
@@ -52,3 +62,35 @@ def test_eight_devices_match_one(tmp_path):
         assert result[name]["test_loss"] < 1e-4, result
         assert result[name]["test_accuracy"] <= 1 / 303 + 1e-6, result  # at most one image flips
     assert "batch size 50 cannot be split evenly over 8 devices" in result["error"]
+    assert result["bench_split"][0] == 2 and result["bench_split"][1] < 1e-4, result
+
+
+def test_split_count_is_the_most_devices_that_divide_the_ensemble():
+    assert [parallel.split_count(k, 2) for k in (1, 2, 3, 8)] == [1, 2, 1, 2]
+    assert [parallel.split_count(k, 8) for k in (6, 12, 7, 64)] == [6, 6, 7, 8]
+
+
+_USE = textwrap.dedent("""
+    import json, sys
+    import jax
+    from jaxmlp import parallel
+    out = {"set": parallel.use_cpu_devices(int(sys.argv[1]))}
+    out["devices"] = len(jax.devices("cpu"))
+    out["after_start"] = parallel.use_cpu_devices(3)  # JAX has started: too late, nothing changes
+    out["devices_after"] = len(jax.devices("cpu"))
+    print("RESULT", json.dumps(out))
+""")
+
+
+def test_use_cpu_devices_acts_only_before_jax_starts_and_keeps_a_count_set_already():
+    def fresh(n, **extra):
+        env = {k: v for k, v in child_env(**extra).items() if k != "XLA_FLAGS" or "XLA_FLAGS" in extra}
+        proc = subprocess.run([sys.executable, "-c", _USE, str(n)], capture_output=True, text=True,
+                              env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads(proc.stdout.split("RESULT ", 1)[1])
+
+    assert fresh(2) == {"set": 2, "devices": 2, "after_start": None, "devices_after": 2}
+    assert fresh(1) == {"set": None, "devices": 1, "after_start": None, "devices_after": 1}
+    assert fresh(2, XLA_FLAGS="--xla_force_host_platform_device_count=4") == {
+        "set": None, "devices": 4, "after_start": None, "devices_after": 4}

@@ -27,6 +27,7 @@ from conftest import ROOT, child_env, synthetic
 
 from jaxmlp import data
 from jaxmlp import history as hist
+from jaxmlp import parallel
 
 TRAIN = str(ROOT / "scripts" / "train.py")
 PLOT = str(ROOT / "scripts" / "plot.py")
@@ -543,3 +544,22 @@ def test_a_default_run_that_fails_before_writing_leaves_no_folder(tmp_path, monk
                         "--compile-cache", "", "--quiet"]) == 1
     assert sorted(os.listdir(tmp_path / "runs")) == ["20200101-000000-mnist", "ladder", "latest"]
     assert os.readlink(tmp_path / "runs" / "latest") == "20200101-000000-mnist"
+
+
+def test_an_ensemble_on_cpu_gets_a_device_per_core_and_a_single_model_one(tmp_path, compile_cache):
+    """scripts/train.py in a fresh process: 4 seeds split over as many CPU devices as there
+    are cores (that divide 4), one model on one device, and a device count the user set
+    (XLA_FLAGS) is kept. Catches: the split never applied (JAX started before it), or
+    applied to a single model too (it then trains data parallel over cores it already used)."""
+    cores = parallel.split_count(4, parallel.usable_cores())
+    env = {k: v for k, v in child_env().items() if k != "XLA_FLAGS"}
+    cases = [({"seeds": "0,1,2,3"}, env, {"mode": "model" if cores > 1 else "single", "num_devices": cores}),
+             ({}, env, {"mode": "single", "num_devices": 1}),
+             ({"seeds": "0,1,2,3"}, {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
+              {"mode": "single", "num_devices": 1})]
+    for i, (flags, environ, placement) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        proc = subprocess.run(_driver([*_child_argv(compile_cache, out=out, steps=40, **flags), "--quiet"]),
+                              capture_output=True, text=True, timeout=300, env=environ)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert json.loads((out / "summary.json").read_text())["placement"] == placement, flags

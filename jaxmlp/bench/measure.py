@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Callable
 
-from jaxmlp import loop
+import jax
+
+from jaxmlp import loop, parallel
 from jaxmlp.bench import paths
 from jaxmlp.bench.timing import Budget, measure, peak_device_bytes, xla_cost
 from jaxmlp.config import Config
@@ -61,8 +63,11 @@ def ensembles(base: Config, *, kinds, sizes, data: loop.Data, scan_steps: Callab
     ``base``: the single model (its batch size and learning rate); ``scan_steps(k)``:
     steps per fused call for K models. Sizes run in increasing K with the kinds
     interleaved, so a spent ``budget`` skips the largest K of every kind alike.
-    Each row also has the memory traffic its steps make (``_traffic``).
-    Returns {'single': row, 'rows': [row per (K, kind)], 'skipped': [{'kind', 'k'}]}.
+    Each row also has the memory traffic its steps make (``_traffic``). With several local
+    devices each (K, kind) is also measured split over as many as divide K (on CPU,
+    ``parallel.use_cpu_devices`` gives one per core); ``devices`` says which.
+    Returns {'single': row, 'rows': [row per (K, kind, devices)],
+    'skipped': [{'kind', 'k', 'devices'}]}.
     """
     n, b = data.train_images.shape[0], base.batch_size
     say(f"single model, batch {b} ...")
@@ -75,29 +80,39 @@ def ensembles(base: Config, *, kinds, sizes, data: loop.Data, scan_steps: Callab
               "model_steps_per_s": m["steps_per_s"]["median"],
               **_traffic(paths.two_epochs(base, n), data, m["steps_per_s"]["median"], memory_ceiling)}
     rows, skipped = [], []
+    local = jax.local_devices()
     for k in sorted(sizes):
         for kind in kinds:
-            if budget is not None and budget.spent():
-                skipped.append({"kind": kind, "k": k})
-                continue
-            say(f"ensemble of {k} {kind.replace('_', ' ')}, batch {b} ...")
-            config = paths.ensemble_config(kind, k, base, num_examples=n)
-            timed = paths.make_ensemble_loop(config, data=data, scan_steps=scan_steps(k))
-            m = measure(timed, **timing)
-            del timed
-            msps = m["steps_per_s"]["median"] * k
-            rows.append({"kind": kind, "k": k, "hidden": list(base.hidden), "batch_size": b, **m,
-                         "model_steps_per_s": msps,
-                         "vs_single": ratio(msps, single["model_steps_per_s"]),
-                         "peak_device_bytes": peak_device_bytes(),
-                         **_traffic(config, data, m["steps_per_s"]["median"], memory_ceiling)})
+            # On one device, and where there are several, also split over as many as divide K.
+            for d in sorted({1, parallel.split_count(k, len(local))}):
+                if budget is not None and budget.spent():
+                    skipped.append({"kind": kind, "k": k, "devices": d})
+                    continue
+                over = f" over {d} devices" if d > 1 else ""
+                say(f"ensemble of {k} {kind.replace('_', ' ')}{over}, batch {b} ...")
+                config = paths.ensemble_config(kind, k, base, num_examples=n)
+                timed = paths.make_ensemble_loop(config, data=data, scan_steps=scan_steps(k),
+                                                 devices=local[:d] if d > 1 else None)
+                m = measure(timed, **timing)
+                del timed
+                rows.append(_ensemble_row(kind, k, d, base, m, single, config, data, memory_ceiling))
     return {"single": single, "rows": rows, "skipped": skipped}
 
 
+def _ensemble_row(kind, k, devices, base, m, single, config, data, memory_ceiling) -> dict:
+    msps = m["steps_per_s"]["median"] * k
+    return {"kind": kind, "k": k, "devices": devices, "hidden": list(base.hidden),
+            "batch_size": base.batch_size, **m,
+            "model_steps_per_s": msps,
+            "vs_single": ratio(msps, single["model_steps_per_s"]),
+            "peak_device_bytes": peak_device_bytes(),
+            **_traffic(config, data, m["steps_per_s"]["median"], memory_ceiling)}
+
+
 def best_ensembles(rows: list[dict], kinds) -> dict:
-    """Per kind, the row with the most model-steps/s: {kind: {'k', 'model_steps_per_s',
-    'vs_single'}}, all None where none of that kind was measured."""
-    keys = ("k", "model_steps_per_s", "vs_single")
+    """Per kind, the row with the most model-steps/s: {kind: {'k', 'devices',
+    'model_steps_per_s', 'vs_single'}}, all None where none of that kind was measured."""
+    keys = ("k", "devices", "model_steps_per_s", "vs_single")
     best = {kind: dict.fromkeys(keys) for kind in kinds}
     for r in rows:
         if (best[r["kind"]]["model_steps_per_s"] or 0) < r["model_steps_per_s"]:

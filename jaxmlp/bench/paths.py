@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxmlp import loop, model, train
+from jaxmlp import loop, model, parallel, train
 from jaxmlp.bench.data import as_float32
 from jaxmlp.config import Config
 
@@ -198,10 +198,15 @@ def two_epochs(config: Config, num_examples: int) -> Config:
     return config.replace(steps=steps, eval_every=steps, log_every=steps, checkpoint_every=0)
 
 
-def make_ensemble_loop(config: Config, *, data: loop.Data, scan_steps: int) -> Loop:
-    """The members of ensemble ``config`` (``ensemble_config``) trained in one fused call each."""
+def make_ensemble_loop(config: Config, *, data: loop.Data, scan_steps: int, devices=None) -> Loop:
+    """The members of ensemble ``config`` (``ensemble_config``) trained in one fused call each;
+    with ``devices``, split over them as a run would (``parallel.plan``)."""
     state, history, orders = loop.init_run(config, data.train_images.shape[0])
     del history  # the timed loop records nothing
+    if devices is not None:
+        placement = parallel.plan(config.batch_size, len(config.members), devices)
+        data, state = placement.put_replicated(data), placement.put_state(state)
+        orders = (placement.put_replicated if config.shares_batches else placement.put_state)(orders)
     return Loop(_boxed(state, lambda s: loop.run_steps(
         s, data, orders, num_steps=scan_steps, batch_size=config.batch_size,
         shared_batches=config.shares_batches)), scan_steps, models=len(config.members))

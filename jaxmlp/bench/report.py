@@ -82,12 +82,12 @@ def _ensemble_lines(single: dict, rows: list[dict]) -> list[str]:
                  "model-steps/s; seeds = K seeds at one lr, learning_rates = one seed at K lrs",
              "memory: XLA's count of bytes one train step reads and writes (batch given) x "
              "steps/s, and its share of the measured memory ceiling",
-             f"{'K':>5}  {'kind':<15}{'scan':>6}{'steps/s':>10}{'model-steps/s':>15}{'x one':>8}"
+             f"{'K':>5}  {'kind':<15}{'dev':>4}{'scan':>6}{'steps/s':>10}{'model-steps/s':>15}{'x one':>8}"
              f"{'peak MiB':>10}{'MB/step':>10}{'memory B/s':>12}{'%mem':>6}"]
-    for e in [{**single, "k": 1, "kind": "one model", "vs_single": 1.0,
+    for e in [{**single, "k": 1, "kind": "one model", "devices": 1, "vs_single": 1.0,
                "peak_device_bytes": None}, *rows]:
         per_step = e.get("xla_bytes_per_step")
-        lines.append(f"{e['k']:>5}  {e['kind']:<15}{e['steps_per_call']:>6}"
+        lines.append(f"{e['k']:>5}  {e['kind']:<15}{e.get('devices', 1):>4}{e['steps_per_call']:>6}"
                      f"{_rate(e['steps_per_s']['median']):>10}{e['model_steps_per_s']:>15,.0f}"
                      f"{_num(e['vs_single']):>8}{_mib(e['peak_device_bytes']):>10}"
                      f"{_num(per_step and per_step / 1e6, '.1f'):>10}"
@@ -205,7 +205,7 @@ def format_accelerator(result: dict) -> str:
     lines += ["", "(b) batch sweep"] + _path_lines(sweep["rows"]) + _skipped(sweep)
     ens = result["ensembles"]
     lines += ["", "(c)"] + _ensemble_lines(ens["single"], ens["rows"])[1:] + _skipped(ens)
-    lines += [f"  best {kind}: K={b['k']}, {_num(b['vs_single'])}x one model"
+    lines += [f"  best {kind}: K={b['k']} on {b['devices']} device(s), {_num(b['vs_single'])}x one model"
               for kind, b in ens["best"].items() if b["k"] is not None]
     lines += ["", "data for (d) and (e): " + result["data"]["source"],
               _schedule_line("(d) the seed schedule", result["seed_schedule"]),
@@ -257,9 +257,11 @@ def _draw_ensembles(ax, single: dict, rows: list[dict]) -> None:
     if not rows:
         ax.set_axis_off()
         return
-    for kind in sorted({r["kind"] for r in rows}):
-        pts = sorted((r["k"], r["model_steps_per_s"]) for r in rows if r["kind"] == kind)
-        ax.plot(*zip(*pts), marker="o", label=kind.replace("_", " "))
+    for kind, d in sorted({(r["kind"], r.get("devices", 1)) for r in rows}):
+        pts = sorted((r["k"], r["model_steps_per_s"]) for r in rows
+                     if r["kind"] == kind and r.get("devices", 1) == d)
+        ax.plot(*zip(*pts), marker="o", linestyle="-" if d == 1 else "--",
+                label=kind.replace("_", " ") + (f", over {d} devices" if d > 1 else ""))
     ks = sorted({r["k"] for r in rows})
     ax.plot(ks, [single["model_steps_per_s"] * k for k in ks], ":", color="grey",
             label="K x one model (linear)")
