@@ -235,7 +235,9 @@ def _record(start, state, history, metrics, data, *, eval_every: int, eval_batch
     (K, n), with 'step' (n,)): guard against divergence (``_guard``), store the metrics,
     score the whole test set, and return the few scalars the host reads.
 
-    Returns (state, history, report). At step 0, pass ``start = state`` and
+    Returns (state, history, report). For a single model the report also holds
+    'predicted' (N,): each test image's class, for the misclassified digits (the host
+    fetches it once, at the end). At step 0, pass ``start = state`` and
     ``nan_metrics``: the write lands on the not-yet-run (NaN) steps, so one compiled
     program also records the initial evaluation.
     """
@@ -243,11 +245,13 @@ def _record(start, state, history, metrics, data, *, eval_every: int, eval_batch
     n = metrics["loss"].shape[-1]
     ensemble = state.step.ndim == 1
     m = {"loss": metrics["loss"], "accuracy": metrics["accuracy"]}
-    evaluate = functools.partial(train._evaluate, batch_size=eval_batch_size)
+    evaluate = functools.partial(train._evaluate, batch_size=eval_batch_size,
+                                 predictions=not ensemble)
 
     def one(start, state, history, m):
         state, m, ok = _guard(start, state, m, end > 0)
         test = evaluate(state, data.test_images, data.test_labels)
+        predicted = test.get("predicted")
         test = _mark_dead(test, ok & ~jnp.isnan(test["loss"]))  # NaN would read as "not run"
         i = end // eval_every
         history = write_eval(write_train(history, end - n, m), i, test, state.params)
@@ -258,7 +262,8 @@ def _record(start, state, history, metrics, data, *, eval_every: int, eval_batch
                                 "train_loss": jnp.mean(m["loss"]),
                                 "train_accuracy": jnp.mean(m["accuracy"]),
                                 "weight_percentiles": history["weight_percentiles"][i],
-                                "bias_percentiles": history["bias_percentiles"][i]}
+                                "bias_percentiles": history["bias_percentiles"][i],
+                                **({} if predicted is None else {"predicted": predicted})}
 
     state, history, report = (jax.vmap(one) if ensemble else one)(start, state, history, m)
     return state, history, {**report, "step": end}

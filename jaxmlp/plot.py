@@ -13,11 +13,15 @@ records is fast. Files are written with ``records.atomic_write_bytes``.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
+import signal
+import sys
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -381,15 +385,71 @@ def save_png(fig: Figure, path: str | os.PathLike) -> Path:
 
 def plot_history(history: dict, out_dir: str | os.PathLike, *, misclassified: dict | None = None,
                  label: str | None = None, members: Sequence[str] | None = None) -> list[Path]:
-    """Write ``accuracy.png``, ``cross_entropy.png`` and ``dashboard.png`` of one run."""
+    """Write ``accuracy.png``, ``cross_entropy.png`` and ``dashboard.png`` of one run.
+
+    On Linux the dashboard, most of the drawing, is drawn in a forked child process
+    while this one draws the other two (``_drawn_aside``); the files are the same.
+    """
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     paths = RunFiles.under(out_dir)
     labels = [label] if label else None
-    return [
-        save_png(accuracy_figure(history, labels, members), paths.accuracy_png),
-        save_png(cross_entropy_figure(history, labels, members), paths.cross_entropy_png),
-        save_png(dashboard_figure(history, misclassified, label, members), paths.dashboard_png),
-    ]
+    with _drawn_aside(paths.dashboard_png, lambda: dashboard_figure(history, misclassified, label, members)):
+        curves = [save_png(accuracy_figure(history, labels, members), paths.accuracy_png),
+                  save_png(cross_entropy_figure(history, labels, members), paths.cross_entropy_png)]
+    return [*curves, Path(paths.dashboard_png)]
+
+
+@contextlib.contextmanager
+def _drawn_aside(path: str | os.PathLike, draw: Callable[[], Figure]):
+    """Save ``draw()`` to ``path`` in a forked child while the block runs, and wait for it.
+
+    Matplotlib holds the GIL while it draws, so a thread would not overlap with this
+    one (measured); a process does, and a forked one starts with everything imported.
+    The child touches only numpy, matplotlib and its own file, never JAX, and leaves
+    with ``os._exit`` (no atexit handlers, no second flush of inherited buffers).
+    Where fork is not used, or the child failed, the figure is saved here after the
+    block (so a drawing error is raised here, as without the child). If the block
+    raises, the child is killed and reaped: nothing goes on drawing behind it.
+    """
+    pid = _fork()
+    if pid == 0:
+        code = 1
+        try:
+            save_png(draw(), path)
+            code = 0
+        finally:
+            os._exit(code)
+    drawn = False
+    try:
+        yield
+        if pid is not None:
+            _, status = os.waitpid(pid, 0)
+            pid, drawn = None, os.waitstatus_to_exitcode(status) == 0
+    finally:
+        if pid is not None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            records.remove_partial_writes(path, pid)
+    if not drawn:
+        save_png(draw(), path)
+
+
+def _fork() -> int | None:
+    """``os.fork()`` on Linux (0 in the child); None where it is not used or fails."""
+    if sys.platform != "linux":  # macOS: fork without exec is unsafe with its frameworks
+        return None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with warnings.catch_warnings():
+        # JAX warns at every fork of a process it runs in, as Python 3.12+ does in any
+        # multi-threaded one: their threads' locks are not the child's to take, and the
+        # child above takes none of them.
+        warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+        warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
+        try:
+            return os.fork()
+        except OSError:
+            return None
 
 
 def expected_size(path: str | os.PathLike) -> tuple[int, int]:

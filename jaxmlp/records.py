@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import math
+import glob
 import os
 import platform
 import re
@@ -89,6 +90,13 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def remove_partial_writes(path: str | os.PathLike, pid: int) -> None:
+    """Delete the temp files a killed process ``pid`` may have left beside ``path``."""
+    path = Path(path)
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{pid}.*.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -122,6 +122,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
             outcome = _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop,
                            len(dataset.train_labels))
             clock["trained"] = time.perf_counter()
+            importer.join()  # long done by now; no import may be half way when plot forks
             summary = _summarize(config, outcome, dataset, placement, clock)
             if out_dir is not None:
                 summary = write_records(out_dir, config, outcome, dataset, summary, mngr, clock)
@@ -200,10 +201,12 @@ class _Outcome(NamedTuple):
     steps_run: int  # by this process
     train_seconds: float
     eval_seconds: float
+    predicted: np.ndarray | None  # a single model's test-set classes at its last evaluation
 
 
 def _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop, n_train):
     first = step = int(np.max(jax.device_get(state.step)))
+    predicted = None
     reporter.start(config, start_step=step, examples_per_epoch=n_train)
     train_s = eval_s = 0.0
     status = "complete"
@@ -214,6 +217,7 @@ def _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop
             jax.block_until_ready(metrics)
             t1 = time.perf_counter()
             state, history, report = record_c(start, state, history, metrics, dev_data)
+            predicted = report.pop("predicted", None)  # stays on the device; fetched at the end
             report = jax.device_get(report)
             train_s, eval_s = train_s + t1 - t0, eval_s + time.perf_counter() - t1
             step = int(report["step"])
@@ -235,7 +239,7 @@ def _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop
     if mngr is not None and status != "diverged":
         checkpoint.save(mngr(), state, history)  # frozen members hold their last finite state
     return _Outcome(state, hist.truncate(history, step), step, status, first, step - first,
-                    train_s, eval_s)
+                    train_s, eval_s, None if predicted is None else np.asarray(predicted))
 
 
 def _summarize(config: Config, outcome: _Outcome, dataset: data.Dataset, placement, clock) -> dict:
@@ -283,8 +287,8 @@ def write_records(out_dir, config: Config, outcome: _Outcome, dataset: data.Data
     files = runs.RunFiles.under(out_dir)
     records.atomic_save_npz(files.history, outcome.history)
     wrong = None
-    if not config.is_ensemble:
-        wrong = train.misclassified(outcome.state, dataset.test_images, dataset.test_labels)
+    if outcome.predicted is not None:  # a single model, scored by its last evaluation
+        wrong = train.pick_misclassified(outcome.predicted, dataset.test_images, dataset.test_labels)
         records.atomic_save_npz(files.misclassified, wrong)
     labels = [f"seed {s}, lr {lr:g}" for s, lr in config.members] if config.is_ensemble else None
     figures = plot.plot_history(outcome.history, out_dir, misclassified=wrong, members=labels)

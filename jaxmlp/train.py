@@ -128,8 +128,9 @@ train_step.__doc__ = _train_step.__doc__ + "\n    Jitted; the input state is don
 
 
 def _evaluate(state: TrainState, images: jax.Array, labels: jax.Array, *,
-              batch_size: int = 10_000) -> dict:
-    """Mean loss and accuracy of the model in ``state`` over **every** example.
+              batch_size: int = 10_000, predictions: bool = False) -> dict:
+    """Mean loss and accuracy of the model in ``state`` over **every** example; with
+    ``predictions``, also 'predicted' (N,) int32: the classes the accuracy counted.
 
     images (N, 28, 28), labels (N,). Runs deterministically in fixed batches of
     ``min(batch_size, N)``; the last batch is padded and masked, so no example is
@@ -147,17 +148,19 @@ def _evaluate(state: TrainState, images: jax.Array, labels: jax.Array, *,
         x, y, m = xs
         logits = forward(state, state.params, x, train=False)[0]
         loss = jnp.sum(jnp.where(m, cross_entropy(logits, y), 0.0))
-        correct = jnp.sum(m & (jnp.argmax(logits, -1) == y))
-        return (totals[0] + loss, totals[1] + correct), None
+        predicted = jnp.argmax(logits, -1).astype(jnp.int32)
+        correct = jnp.sum(m & (predicted == y))
+        return (totals[0] + loss, totals[1] + correct), predicted if predictions else None
 
     split = lambda a: a.reshape(num_batches, b, *a.shape[1:])
-    (loss, correct), _ = jax.lax.scan(
+    (loss, correct), predicted = jax.lax.scan(
         body, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)),
         (split(images), split(labels), split(mask)))
-    return {"loss": loss / n, "accuracy": correct.astype(jnp.float32) / n}
+    out = {"loss": loss / n, "accuracy": correct.astype(jnp.float32) / n}
+    return {**out, "predicted": predicted.reshape(-1)[:n]} if predictions else out
 
 
-evaluate = jax.jit(_evaluate, static_argnames="batch_size")
+evaluate = jax.jit(_evaluate, static_argnames=("batch_size", "predictions"))
 
 
 @jax.jit
@@ -172,8 +175,15 @@ def misclassified(state: TrainState, images: np.ndarray, labels: np.ndarray, *, 
     state = jax.device_get(state)  # a host copy: this runs on one process's device only
     preds = np.concatenate([np.asarray(predict(state, images[i:i + batch_size]))
                             for i in range(0, len(images), batch_size)])
-    wrong = np.flatnonzero(preds != labels)[:limit]
-    return {"image": np.asarray(images)[wrong], "predicted": preds[wrong],
+    return pick_misclassified(preds, images, labels, limit=limit)
+
+
+def pick_misclassified(predicted: np.ndarray, images: np.ndarray, labels: np.ndarray, *,
+                       limit: int = 40) -> dict[str, Any]:
+    """The first ``limit`` examples whose ``predicted`` class (N,) is not their label."""
+    predicted = np.asarray(predicted)
+    wrong = np.flatnonzero(predicted != np.asarray(labels))[:limit]
+    return {"image": np.asarray(images)[wrong], "predicted": predicted[wrong].astype(np.int32),
             "label": np.asarray(labels)[wrong].astype(np.int32)}
 
 

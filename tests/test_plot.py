@@ -263,3 +263,85 @@ def test_script_fails_in_one_line_without_a_history(tmp_path):
     assert not (tmp_path / "out").exists()  # nothing drawn when any run is unreadable
     done = _script(str(good), str(good))
     assert done.returncode == 2 and "--out DIR is required" in done.stderr
+
+
+# --- the dashboard drawn in a forked child ------------------------------------------------
+
+
+def _dashboard_pid_recorder(monkeypatch, tmp_path, action=None):
+    """Wrap dashboard_figure: note the drawing process's pid, then ``action(pid)``."""
+    draw, parent = plot.dashboard_figure, os.getpid()
+    log = tmp_path / "pids.txt"
+
+    def dashboard_figure(*args, **kwargs):
+        with open(log, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        if action is not None:
+            action(os.getpid() != parent)
+        return draw(*args, **kwargs)
+
+    monkeypatch.setattr(plot, "dashboard_figure", dashboard_figure)
+    return lambda: [int(p) for p in log.read_text().split()] if log.exists() else []
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the child is forked on Linux only")
+def test_the_dashboard_is_drawn_in_a_child_and_the_files_are_the_same(monkeypatch, tmp_path):
+    h, wrong = synthetic_history(), synthetic_misclassified(7)
+    pids = _dashboard_pid_recorder(monkeypatch, tmp_path)
+    forked = plot.plot_history(h, tmp_path / "forked", misclassified=wrong)
+    assert len(pids()) == 1 and pids()[0] != os.getpid()  # drawn aside, by another process
+    monkeypatch.setattr(plot, "_fork", lambda: None)
+    here = plot.plot_history(h, tmp_path / "here", misclassified=wrong)
+    assert pids()[1] == os.getpid()
+    assert [p.name for p in forked] == [p.name for p in here] == list(plot.FIGURE_SIZES)
+    for a, b in zip(forked, here):
+        assert a.read_bytes() == b.read_bytes(), a.name
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the child is forked on Linux only")
+def test_a_failed_child_leaves_the_dashboard_to_this_process(monkeypatch, tmp_path):
+    def fail_in_child(in_child):
+        if in_child:
+            raise RuntimeError("the child fails")
+
+    pids = _dashboard_pid_recorder(monkeypatch, tmp_path, fail_in_child)
+    paths = plot.plot_history(synthetic_history(), tmp_path / "run", misclassified=synthetic_misclassified(3))
+    child, here = pids()
+    assert child != os.getpid() and here == os.getpid()
+    assert all(p.stat().st_size > 0 for p in paths) and (tmp_path / "run" / "dashboard.png").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the child is forked on Linux only")
+def test_an_error_here_stops_the_child_at_once(monkeypatch, tmp_path):
+    """The curves fail in this process while the child is still drawing: the error is
+    raised, the child is killed and reaped, and it writes no dashboard afterwards."""
+    import time
+
+    def linger_in_child(in_child):
+        if in_child:
+            time.sleep(30)
+
+    pids = _dashboard_pid_recorder(monkeypatch, tmp_path, linger_in_child)
+
+    def accuracy_figure(*args, **kwargs):
+        time.sleep(0.5)  # the child has started drawing
+        raise ValueError("the curves fail")
+
+    monkeypatch.setattr(plot, "accuracy_figure", accuracy_figure)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="the curves fail"):
+        plot.plot_history(synthetic_history(), tmp_path / "run")
+    assert time.perf_counter() - t0 < 10
+    (child,) = pids()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # gone, and reaped (a zombie would still answer)
+    assert not (tmp_path / "run" / "dashboard.png").exists()
+
+
+def test_partial_writes_of_a_killed_writer_are_removed(tmp_path):
+    target = tmp_path / "dashboard.png"
+    mine, other = tmp_path / ".dashboard.png.123.ab12cd34.tmp", tmp_path / ".dashboard.png.1234.ab12cd34.tmp"
+    for p in (mine, other):
+        p.write_bytes(b"partial")
+    records.remove_partial_writes(target, 123)
+    assert not mine.exists() and other.exists()

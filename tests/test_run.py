@@ -201,6 +201,28 @@ def test_nan_params_at_a_chunks_last_step_freeze_the_member_at_the_chunk_start(t
     assert np.all(loss2[bad, n:] == np.inf) and np.all(np.isfinite(loss2[0]))
 
 
+def test_misclassified_digits_are_the_final_models_mistakes(tmp_path):
+    """misclassified.npz comes from the last evaluation's predictions (no second pass over
+    the test set): the same digits as predicting with the final state, and as many
+    mistakes as the final accuracy says. Catches predictions from an earlier evaluation,
+    and padded batches that shift or drop examples."""
+    from jaxmlp import train
+
+    c = Config(**{**SMALL, "steps": 20, "eval_every": 10, "eval_batch_size": 64})  # 303 = 4*64 + 47
+    result = run.train_and_evaluate(c, dataset=DATA, out_dir=str(tmp_path), quiet=True)
+    with np.load(tmp_path / "misclassified.npz") as f:
+        saved = dict(f)
+    again = train.misclassified(result.state, DATA.test_images, DATA.test_labels, limit=len(DATA.test_labels))
+    n_wrong = round((1 - result.summary["final_test_accuracy"]) * len(DATA.test_labels))
+    assert 0 < len(again["label"]) == n_wrong
+    for k in ("image", "predicted", "label"):
+        np.testing.assert_array_equal(saved[k], again[k][:40], err_msg=k)
+    test = train.evaluate(result.state, jnp.asarray(DATA.test_images, jnp.float32) / 255,
+                          DATA.test_labels, batch_size=64, predictions=True)
+    assert test["predicted"].shape == (303,) and test["predicted"].dtype == jnp.int32
+    assert float(test["accuracy"]) == pytest.approx(float(np.mean(np.asarray(test["predicted"]) == DATA.test_labels)))
+
+
 def test_summary_holds_every_field(tmp_path):
     c = Config(**SMALL)
     result = run.train_and_evaluate(c, dataset=DATA, out_dir=str(tmp_path), quiet=True)
