@@ -128,10 +128,10 @@ def run_accelerator(config: AcceleratorConfig, *, log: Callable[[str], None] | N
     result["paths"] = rows(config.variants, (config.path_batch_size,), config.budget("paths", whole))
     result["batch_sweep"] = rows(config.sweep_variants, config.batch_sizes,
                                  config.budget("batch_sweep", whole))
-    del host, state
+    host = state = None  # frees them before (c); rows() is not called again
     result["ensembles"] = _ensembles(config, data, config.budget("ensembles", whole), say,
                                      result["memory_ceiling"]["bytes_per_s"])
-    del data, orders  # (d) and (e) bring their own data
+    data = orders = None  # (d) and (e) bring their own data
 
     dataset = npz_dataset(config.data_npz) if config.data_npz else learnable_dataset(
         config.seed, config.num_train, config.num_test)
