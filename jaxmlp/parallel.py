@@ -108,11 +108,12 @@ def use_cpu_devices(n: int) -> int | None:
 
     XLA:CPU shows one device whatever the core count, and runs one small program at a
     time over every core. An ensemble split over one device per core trains its
-    members side by side instead: on 2 cores, 8 seeds at batch 100 measured 1.5x the
-    model-steps/s of one model, against 1.0x on one device (``scripts/benchmark.py``
-    measures both). The scripts call this with ``split_count(K, usable_cores())``
-    for an ensemble of K, and not for a single model, which ran 2.7x slower split
-    over devices that share the same cores. A count set already (``XLA_FLAGS``,
+    members side by side instead: on 2 cores, 8 seeds at batch 100 ran at 1.63x the
+    model-steps/s of one model, against 0.91x on one device (``scripts/benchmark.py``
+    measures both; docs/benchmark-cpu.json). The scripts call this with
+    ``split_count(K, usable_cores())`` for an ensemble of K, and not for a single model,
+    which ran 2.7x slower split over devices that share the same cores (measured once).
+    A count set already (``XLA_FLAGS``,
     ``jax_num_cpu_devices``) is left as it is, and once JAX has started (a notebook)
     nothing changes. Returns the count set, or None.
     """

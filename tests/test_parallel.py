@@ -33,6 +33,27 @@ _SCRIPT = textwrap.dedent("""
         out[name] = {{k: float(np.max(np.abs(one[k] - eight[k])))
                      for k in ("train_loss", "test_loss", "test_accuracy")}}
         out[name + "_mode"] = json.load(open({out!r} + "/" + name + "/summary.json"))["placement"]
+    # An ensemble split over the devices stops at step 20, resumes from its checkpoint, and
+    # ends bit-identical to the run never stopped.
+    import signal
+    from jaxmlp.report import Reporter
+
+    class StopAt20(Reporter):
+        def chunk(self, step, *args, **kwargs):
+            if step == 20:
+                signal.raise_signal(signal.SIGINT)
+
+    c = Config(**base, seeds=tuple(range(8)), checkpoint_every=20)
+    resumed_dir = {out!r} + "/resumed"
+    try:
+        run.train_and_evaluate(c, dataset=data, out_dir=resumed_dir, reporter=StopAt20(quiet=True))
+    except run.Interrupted:
+        pass
+    resumed = run.train_and_evaluate(c, dataset=data, out_dir=resumed_dir, resume=True, quiet=True)
+    whole = run.train_and_evaluate(c, dataset=data, quiet=True)
+    out["resume"] = [resumed.summary["resumed_from_step"], resumed.summary["placement"]["num_devices"],
+                     max(float(np.nanmax(np.abs(resumed.history[k] - whole.history[k])))
+                         for k in ("train_loss", "test_loss", "test_accuracy"))]
     # The benchmark's ensemble loop, split over 2 devices as a run would be.
     from jaxmlp.bench import paths
     ec = paths.ensemble_config("seeds", 4, Config(**base), num_examples=1000)
@@ -63,6 +84,7 @@ def test_eight_devices_match_one(tmp_path):
         assert result[name]["test_accuracy"] <= 1 / 303 + 1e-6, result  # at most one image flips
     assert "batch size 50 cannot be split evenly over 8 devices" in result["error"]
     assert result["bench_split"][0] == 2 and result["bench_split"][1] < 1e-4, result
+    assert result["resume"] == [20, 8, 0.0], result
 
 
 def test_split_count_is_the_most_devices_that_divide_the_ensemble():
