@@ -113,9 +113,8 @@ def use_cpu_devices(n: int) -> int | None:
     measures both; docs/benchmark-cpu.json). The scripts call this with
     ``split_count(K, usable_cores())`` for an ensemble of K, and not for a single model,
     which ran 2.7x slower split over devices that share the same cores (measured once).
-    A count set already (``XLA_FLAGS``,
-    ``jax_num_cpu_devices``) is left as it is, and once JAX has started (a notebook)
-    nothing changes. Returns the count set, or None.
+    A count set already (``XLA_FLAGS``, ``jax_num_cpu_devices``) is left as it is, and
+    once JAX has started (a notebook) nothing changes. Returns the count set, or None.
     """
     if n <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
             or jax.config.jax_num_cpu_devices >= 0:
