@@ -63,7 +63,6 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxmlp import data_cache, idx
-from jaxmlp.data_cache import default_data_dir
 from jaxmlp.config import DATASETS
 
 PROBE_TIMEOUT_S = 4.0  # TCP connect to the download host; keeps the offline error well under 10 s
@@ -110,7 +109,7 @@ def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | 
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
     # TFDS's default when None (computed the same way whether or not TFDS is imported).
-    data_dir = os.path.abspath(os.path.expanduser(data_dir or default_data_dir()))
+    data_dir = os.path.abspath(os.path.expanduser(data_dir or data_cache.default_data_dir()))
     warm = _from_warm_cache(name, data_dir, (train_split, test_split))
     if warm is not None:
         return warm

@@ -92,7 +92,6 @@ def plan(batch_size: int, num_models: int = 1, devices=None) -> Placement:
     return Placement(mesh, "data")
 
 
-
 def split_count(num_models: int, num_devices: int) -> int:
     """The most of ``num_devices`` that an ensemble of ``num_models`` splits over evenly."""
     return max(d for d in range(1, min(num_devices, num_models) + 1) if num_models % d == 0)

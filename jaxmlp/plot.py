@@ -405,8 +405,9 @@ def _drawn_aside(path: str | os.PathLike, draw: Callable[[], Figure]):
 
     Matplotlib holds the GIL while it draws, so a thread would not overlap with this
     one (measured); a process does, and a forked one starts with everything imported.
-    The child touches only numpy, matplotlib and its own file, never JAX, and leaves
-    with ``os._exit`` (no atexit handlers, no second flush of inherited buffers).
+    The child runs only this module's drawing code (which imports neither jax nor
+    tensorflow, tested) and writes only its own file, then leaves with ``os._exit``
+    (no atexit handlers, no second flush of inherited buffers).
     Where fork is not used, or the child failed, the figure is saved here after the
     block (so a drawing error is raised here, as without the child). If the block
     raises, the child is killed and reaped: nothing goes on drawing behind it.
@@ -443,7 +444,7 @@ def _fork() -> int | None:
     with warnings.catch_warnings():
         # JAX warns at every fork of a process it runs in, as Python 3.12+ does in any
         # multi-threaded one: their threads' locks are not the child's to take, and the
-        # child above takes none of them.
+        # drawing code above uses none of them.
         warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
         warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
         try:

@@ -15,10 +15,10 @@ records never pays for jax or tensorflow. ``environment()`` imports jax lazily.
 
 from __future__ import annotations
 
+import glob
 import importlib.metadata
 import json
 import math
-import glob
 import os
 import platform
 import re
@@ -71,7 +71,7 @@ def _fsync_dir(directory: Path) -> None:
 def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
     """Call ``write(file)`` on a temp file beside ``path``, then rename it onto ``path``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_path(path, os.getpid(), secrets.token_hex(4))
     # os.open with 0o666 honours the umask, unlike mkstemp's 0o600, so records
     # get the same permissions a plain open() would give them.
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
@@ -92,10 +92,16 @@ def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path
     return path
 
 
+def _temp_path(path: Path, pid: int, token: str) -> Path:
+    """Where process ``pid`` writes ``path`` before renaming it: hidden, beside it."""
+    return path.with_name(f".{path.name}.{pid}.{token}.tmp")
+
+
 def remove_partial_writes(path: str | os.PathLike, pid: int) -> None:
     """Delete the temp files a killed process ``pid`` may have left beside ``path``."""
     path = Path(path)
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{pid}.*.tmp"):
+    pattern = _temp_path(path.with_name(glob.escape(path.name)), pid, "*").name
+    for tmp in path.parent.glob(pattern):
         tmp.unlink(missing_ok=True)
 
 

@@ -126,7 +126,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
             summary = _summarize(config, outcome, dataset, placement, clock)
             if out_dir is not None:
                 summary = write_records(out_dir, config, outcome, dataset, summary, mngr, clock)
-            if mngr is not None and mngr.cache_info().currsize:
+            if _opened(mngr):
                 mngr().close()
         finally:
             importer.join()  # no import may still be running when the interpreter shuts down
@@ -293,8 +293,7 @@ def write_records(out_dir, config: Config, outcome: _Outcome, dataset: data.Data
     labels = [f"seed {s}, lr {lr:g}" for s, lr in config.members] if config.is_ensemble else None
     figures = plot.plot_history(outcome.history, out_dir, misclassified=wrong, members=labels)
     written = [files.config, files.history, *([files.misclassified] if wrong is not None else []),
-               *figures, *([files.checkpoints] if mngr is not None and mngr.cache_info().currsize
-                           else [])]
+               *figures, *([files.checkpoints] if _opened(mngr) else [])]
     clock["written"] = time.perf_counter()
     summary = {**summary, "environment": records.environment(),
                "files": {os.path.basename(os.fspath(p)): os.path.abspath(p) for p in written}}
@@ -343,6 +342,11 @@ def _import_in_background(*modules: str) -> threading.Thread:
                               daemon=True)
     thread.start()
     return thread
+
+
+def _opened(mngr) -> bool:
+    """Whether the lazily opened checkpoint manager (a ``functools.cache``) was opened."""
+    return mngr is not None and mngr.cache_info().currsize > 0
 
 
 def _stop_if_signalled(stop, when: str) -> None:

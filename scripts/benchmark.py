@@ -27,7 +27,8 @@ from jaxmlp import bench, parallel
 _ONLY = {"hidden": "default", "no_compile_times": "default", "startup": "default",
          "startup_dataset": "default", "startup_manual_dir": "default", "whole_run": "default",
          "dataset": "default", "manual_dir": "default", "data_dir": "default",
-         "whole_run_steps": "default", "whole_run_repeats": "default", "num_seeds": "accelerator", "schedule_steps": "accelerator",
+         "whole_run_steps": "default", "whole_run_repeats": "default",
+         "num_seeds": "accelerator", "schedule_steps": "accelerator",
          "data_npz": "accelerator", "budget": "accelerator"}
 
 

@@ -251,8 +251,13 @@ def test_suite_flags_are_checked(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None or not os.path.isdir(FASHION),
                     reason="needs TensorFlow and the Fashion-MNIST IDX files")
 def test_whole_run_times_jaxmlp_and_the_2017_program_on_the_same_data(tmp_path):
+    said = []
     r = processes.whole_run(dataset="fashion_mnist", manual_dir=FASHION,
-                            data_dir=str(tmp_path / "tfds"), steps=200, repeats=2)
+                            data_dir=str(tmp_path / "tfds"), steps=200, repeats=2, log=said.append)
+    # Cold once, then warm runs and the original alternating.
+    order = [("cold" if "cold" in s else "warm") if "scripts/train.py" in s else "2017"
+             for s in said if "scripts/train.py" in s or "2017" in s]
+    assert order == ["cold", "warm", "2017", "warm", "2017"], said
     assert "error" not in r["prepare"] and r["prepare"]["source"] == "manual"
     cold, ours, original = r["jaxmlp_cold"], r["jaxmlp"], r["original"]
     assert not {"error"} & (set(cold) | set(ours) | set(original)), (cold, ours, original)
