@@ -4,6 +4,9 @@
 Between chunks of ``eval_every`` fused steps the host reads a few scalars (the
 reporting point), reports progress, notes members that diverged, saves
 checkpoints and honours Ctrl-C/SIGTERM; everything else stays on the device.
+Each chunk is scored (``record``) while the next one already trains from the
+guarded state (``guard``), on a device of its own where the run has one; a run
+that stops drops that next chunk unread.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import signal
 import threading
 import time
 import types
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +86,7 @@ def final_lines(summary: dict, out_dir) -> list[str]:
 
 def train_and_evaluate(config: Config, *, out_dir: str | None = None,
                        dataset: data.Dataset | None = None, resume: bool = False,
-                       overwrite: bool = False, quiet: bool = False, devices=None,
+                       overwrite: bool = False, quiet: bool = False, devices=None, eval_device=None,
                        started: float | None = None, reporter: Reporter | None = None) -> Result:
     """Run the experiment described by ``config``; returns ``Result(state, history, summary)``.
 
@@ -91,6 +94,9 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
     A folder that already holds a run is refused unless ``resume`` (continue it from
     its latest checkpoint) or ``overwrite`` (clear its files first).
     ``dataset``: arrays to use instead of loading ``config.dataset`` through TFDS.
+    ``devices``: where the model trains (default: every device). ``eval_device``: a
+    device of its own that scores the test set while the next chunk trains (the model
+    must then train on one device); default: the training devices.
     ``started``: ``time.perf_counter()`` at process start, for the startup timing.
     """
     clock = {"started": time.perf_counter() if started is None else started}
@@ -100,8 +106,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
                                        manual_dir=config.manual_dir, train_split=config.train_split,
                                        test_split=config.test_split, progress=not quiet)
         clock["data_loaded"] = time.perf_counter()
-        placement, dev_data, state, history, orders = _place(config, dataset, devices)
-        run_c, record_c, no_metrics = _compile(config, placement, dev_data, state, history, orders)
+        placement, state, history, progs = _prepare(config, dataset, devices, eval_device)
         clock["compiled"] = time.perf_counter()
         _stop_if_signalled(stop, "during start-up: nothing was trained and nothing written")
         # Opened at its first use (Orbax takes about as long to import as JAX).
@@ -114,16 +119,17 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
             if resume:
                 state, history = placement.put_state(checkpoint.restore(mngr(), state, history))
             else:
-                copy = _copy(state)  # ``record`` donates its first argument
-                state, history, _ = record_c(copy, state, history, no_metrics, dev_data)  # step 0
+                # Step 0 (``record`` donates its first argument, so it gets a copy).
+                history, _ = progs.record(_copy(state), state, history, progs.no_metrics)
+                state = progs.guard(state, state, progs.no_metrics)
                 if out_dir is not None:
                     records.atomic_write_json(runs.RunFiles.under(out_dir).config, config.to_dict())
             reporter = reporter or Reporter(quiet=quiet)
-            outcome = _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop,
+            outcome = _run(config, state, history, progs, mngr, reporter, stop,
                            len(dataset.train_labels))
             clock["trained"] = time.perf_counter()
             importer.join()  # long done by now; no import may be half way when plot forks
-            summary = _summarize(config, outcome, dataset, placement, clock)
+            summary = _summarize(config, outcome, dataset, placement, progs.beside, clock)
             if out_dir is not None:
                 summary = write_records(out_dir, config, outcome, dataset, summary, mngr, clock)
             if _opened(mngr):
@@ -159,37 +165,59 @@ def _prepare_folder(config: Config, out_dir, *, resume: bool, overwrite: bool):
     return out_dir
 
 
-def _place(config: Config, dataset: data.Dataset, devices):
+class _Programs(NamedTuple):
+    """The compiled programs of a run, bound to its data."""
+
+    train: Callable  # state -> (state, metrics): ``eval_every`` fused steps
+    guard: Callable  # (start, state, metrics) -> the state the next chunk starts from
+    record: Callable  # (start, state, history, metrics) -> (history, report); donates start, history
+    no_metrics: dict  # ``record``'s placeholder metrics at step 0
+    beside: bool  # whether ``record`` runs on a device of its own, beside training
+
+
+def _prepare(config: Config, dataset: data.Dataset, devices, eval_device):
+    """Place the data and the initial state, and compile the run's programs ahead of time
+    (so compile time is measured on its own). Returns (placement, state, history, programs);
+    the history lives where ``record`` runs."""
     n_train = len(dataset.train_labels)
     if config.batch_size > n_train:
         raise ConfigError(f"batch_size {config.batch_size} exceeds the {n_train} training examples")
     placement = parallel.plan(config.batch_size, len(config.members), devices)
-    dev_data = placement.put_replicated(loop.Data(
-        np.asarray(dataset.train_images), np.asarray(dataset.train_labels, np.int32),
-        # Training batches are gathered as uint8 and scaled inside the step (4x less memory
-        # traffic); the test set is scaled once here, which halves each evaluation on CPU.
-        np.asarray(dataset.test_images, np.float32) / np.float32(255),  # on the host: no compile
-        np.asarray(dataset.test_labels, np.int32)))
+    if eval_device is not None and placement.mode != "single":
+        raise ConfigError("a separate eval_device needs a model that trains on one device "
+                          f"(devices=[one device]), not {placement.num_devices}")
+    to_eval = (lambda tree: tree) if eval_device is None else \
+        (lambda tree: jax.device_put(tree, eval_device))
+    train_data = placement.put_replicated(loop.Data(
+        np.asarray(dataset.train_images), np.asarray(dataset.train_labels, np.int32), None, None))
+    # Training batches are gathered as uint8 and scaled inside the step (4x less memory
+    # traffic); the test set is scaled once here, which halves each evaluation on CPU.
+    test = loop.Data(None, None, np.asarray(dataset.test_images, np.float32) / np.float32(255),
+                     np.asarray(dataset.test_labels, np.int32))  # scaled on the host: no compile
+    test_data = placement.put_replicated(test) if eval_device is None else to_eval(test)
     state, history, orders = loop.init_run(config, n_train)
     state, history = placement.put_state((state, history))
+    history = to_eval(history)
     orders = placement.put_state(orders) if not config.shares_batches else placement.put_replicated(orders)
-    return placement, dev_data, state, history, orders
 
-
-def _compile(config: Config, placement, dev_data, state, history, orders):
-    """Both programs compiled ahead of time, so compile time is measured on its own."""
     static_run = dict(num_steps=config.eval_every, batch_size=config.batch_size,
                       batch_sharding=placement.batch_sharding, metrics=config.train_metrics,
                       shared_batches=config.shares_batches)
-    run_c = loop.run_steps_keeping_input.lower(state, dev_data, orders, **static_run).compile()
+    run_c = loop.run_steps_keeping_input.lower(state, train_data, orders, **static_run).compile()
     no_metrics = loop.nan_metrics(config.eval_every, len(config.members) if config.is_ensemble else None)
     no_metrics = {**placement.put_state({k: no_metrics[k] for k in ("loss", "accuracy")}),
                   "step": placement.put_replicated(no_metrics["step"])}
+    guard_c = loop.guard.lower(state, state, no_metrics).compile()
     record_c = loop.compile_record(
-        loop.record.lower(state, state, history, no_metrics, dev_data, eval_every=config.eval_every,
-                          eval_batch_size=config.eval_batch_size),
-        next(iter(jax.tree.leaves(state)[0].devices())).platform)
-    return (lambda s: run_c(s, dev_data, orders)), record_c, no_metrics
+        loop.record.lower(to_eval(state), to_eval(state), history, to_eval(no_metrics), test_data,
+                          eval_every=config.eval_every, eval_batch_size=config.eval_batch_size),
+        next(iter(jax.tree.leaves(history)[0].devices())).platform)
+    return placement, state, history, _Programs(
+        train=lambda state: run_c(state, train_data, orders),
+        guard=guard_c,
+        record=lambda start, state, history, metrics: record_c(
+            to_eval(start), to_eval(state), history, to_eval(metrics), test_data)[1:],
+        no_metrics=no_metrics, beside=eval_device is not None)
 
 
 class _Outcome(NamedTuple):
@@ -204,22 +232,36 @@ class _Outcome(NamedTuple):
     predicted: np.ndarray | None  # a single model's test-set classes at its last evaluation
 
 
-def _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop, n_train):
+def _run(config, state, history, progs: _Programs, mngr, reporter, stop, n_train):
     first = step = int(np.max(jax.device_get(state.step)))
     predicted = None
     reporter.start(config, start_step=step, examples_per_epoch=n_train)
-    train_s = eval_s = 0.0
+    seconds = {"train": 0.0, "eval": 0.0}
     status = "complete"
+    t0 = time.perf_counter()
+    chunk = (state, *progs.train(state)) if step < config.steps else None  # (start, state, metrics)
+    if chunk is not None:
+        jax.block_until_ready(chunk[2])
+        seconds["train"] += time.perf_counter() - t0
     try:
-        while step < config.steps:
+        while chunk is not None:
             t0 = time.perf_counter()
-            start, (state, metrics) = state, run_c(state)  # the chunk's start, for the guard
-            jax.block_until_ready(metrics)
-            t1 = time.perf_counter()
-            state, history, report = record_c(start, state, history, metrics, dev_data)
+            start, end, metrics = chunk
+            state = progs.guard(start, end, metrics)
+            history, report = progs.record(start, end, history, metrics)
             predicted = report.pop("predicted", None)  # stays on the device; fetched at the end
+            # The next chunk trains while this one is scored; if the run stops here, it is
+            # dropped unread.
+            chunk = (state, *progs.train(state)) if step + config.eval_every < config.steps else None
+            # Wait first for what finishes first, so that each wait times one program:
+            # training, when scoring runs beside it; scoring, when it runs first on the
+            # same device. The seconds add up to the loop's.
+            waits = {"train": chunk[2] if chunk is not None else None, "eval": report}
+            for name in ("train", "eval") if progs.beside else ("eval", "train"):
+                jax.block_until_ready(waits[name])
+                t1 = time.perf_counter()
+                seconds[name], t0 = seconds[name] + t1 - t0, t1
             report = jax.device_get(report)
-            train_s, eval_s = train_s + t1 - t0, eval_s + time.perf_counter() - t1
             step = int(report["step"])
             alive = np.atleast_1d(report["alive"])
             reporter.chunk(step, np.atleast_1d(report["test_accuracy"]),
@@ -239,10 +281,11 @@ def _run(config, state, history, dev_data, run_c, record_c, mngr, reporter, stop
     if mngr is not None and status != "diverged":
         checkpoint.save(mngr(), state, history)  # frozen members hold their last finite state
     return _Outcome(state, hist.truncate(history, step), step, status, first, step - first,
-                    train_s, eval_s, None if predicted is None else np.asarray(predicted))
+                    seconds["train"], seconds["eval"], None if predicted is None else np.asarray(predicted))
 
 
-def _summarize(config: Config, outcome: _Outcome, dataset: data.Dataset, placement, clock) -> dict:
+def _summarize(config: Config, outcome: _Outcome, dataset: data.Dataset, placement, eval_beside: bool,
+               clock) -> dict:
     h = outcome.history
     first_bad = hist.first_nonfinite_steps(h)
     final_best = hist.summarize(h)
@@ -269,7 +312,9 @@ def _summarize(config: Config, outcome: _Outcome, dataset: data.Dataset, placeme
                  "train_examples": int(len(dataset.train_labels)),
                  "test_examples": int(len(dataset.test_labels))},
         "num_params": model.num_params(outcome.state.params) // len(config.members),  # per model
-        "placement": {"mode": placement.mode, "num_devices": placement.num_devices},
+        # eval_beside: the test set is scored on a device of its own, while training goes on.
+        "placement": {"mode": placement.mode, "num_devices": placement.num_devices,
+                      "eval_beside": eval_beside},
         "timings": {
             "startup_seconds": clock["data_loaded"] - clock["started"],
             "compile_seconds": clock["compiled"] - clock["data_loaded"],

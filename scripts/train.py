@@ -97,8 +97,10 @@ def main(argv=None) -> int:
 
     from jaxmlp import parallel, run
 
-    if not args.distributed:  # before JAX starts: on CPU, an ensemble gets a device per core
-        parallel.use_cpu_devices(parallel.split_count(len(config.members), parallel.usable_cores()))
+    made = beside = None
+    if not args.distributed:  # before JAX starts: CPU devices for the members, or to score beside
+        count, beside = parallel.cpu_layout(len(config.members), parallel.usable_cores())
+        made = parallel.use_cpu_devices(count)
     if args.compile_cache:
         jax.config.update("jax_compilation_cache_dir", args.compile_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
@@ -106,10 +108,14 @@ def main(argv=None) -> int:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; GPUs/TPUs ignore it
         jax.distributed.initialize(coordinator_address=args.coordinator_address,
                                    num_processes=args.num_processes, process_id=args.process_id)
+    devices = eval_device = None
+    if made and beside and jax.default_backend() == "cpu":  # train on one, score on the other
+        devices, eval_device = jax.devices()[:1], jax.devices()[1]
     try:
         try:
             result = run.train_and_evaluate(config, out_dir=out, resume=bool(args.resume),
                                             overwrite=args.overwrite, quiet=args.quiet,
+                                            devices=devices, eval_device=eval_device,
                                             started=_STARTED)
         finally:
             if not (args.out or args.resume):  # a folder made for this run that got nothing

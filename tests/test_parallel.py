@@ -15,7 +15,7 @@ from conftest import ROOT, child_env
 from jaxmlp import parallel
 
 _SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, os, sys
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
     from conftest import synthetic
@@ -54,6 +54,45 @@ _SCRIPT = textwrap.dedent("""
     out["resume"] = [resumed.summary["resumed_from_step"], resumed.summary["placement"]["num_devices"],
                      max(float(np.nanmax(np.abs(resumed.history[k] - whole.history[k])))
                          for k in ("train_loss", "test_loss", "test_accuracy"))]
+    # Scored beside training: device 0 trains, device 1 scores (as scripts/train.py does on
+    # CPU), bit-identical to scoring on the training device, also when the run stops at step
+    # 20 (the chunk already training past it is dropped) and resumes.
+    shardings = []
+    compile_record = run.loop.compile_record
+    def spy(lowered, platform):
+        compiled = compile_record(lowered, platform)
+        shardings.append(str(compiled.input_shardings))
+        return compiled
+    run.loop.compile_record = spy
+    d0, d1 = jax.devices()[:2]
+    c = Config(**base, checkpoint_every=20)
+    alone = run.train_and_evaluate(c, dataset=data, quiet=True, devices=[d0])
+    beside = run.train_and_evaluate(c, dataset=data, quiet=True, devices=[d0], eval_device=d1)
+    beside_dir = {out!r} + "/beside"
+    try:
+        run.train_and_evaluate(c, dataset=data, out_dir=beside_dir, devices=[d0], eval_device=d1,
+                               reporter=StopAt20(quiet=True))
+    except run.Interrupted:
+        pass
+    stopped = sorted(n for n in os.listdir(beside_dir + "/checkpoints") if n.isdigit())
+    again = run.train_and_evaluate(c, dataset=data, out_dir=beside_dir, resume=True, quiet=True,
+                                   devices=[d0], eval_device=d1)
+    diff = lambda a, b: max(float(np.nanmax(np.abs(a.history[k] - b.history[k])))
+                            for k in ("train_loss", "test_loss", "test_accuracy"))
+    same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
+        jax.tree.leaves(jax.device_get(a.state.params)), jax.tree.leaves(jax.device_get(b.state.params))))
+    out["beside"] = dict(
+        diff=diff(alone, beside), same_params=same(alone, beside), resumed_diff=diff(alone, again),
+        resumed_same_params=same(alone, again), stopped_at=stopped,
+        resumed_from=again.summary["resumed_from_step"], placement=beside.summary["placement"],
+        alone_placement=alone.summary["placement"],
+        scored_on=["id=1" in s for s in shardings],
+        trained_on=sorted({{str(d) for x in jax.tree.leaves(beside.state) for d in x.devices()}}))
+    run.loop.compile_record = compile_record
+    try:
+        run.train_and_evaluate(c, dataset=data, quiet=True, devices=jax.devices()[:2], eval_device=d1)
+    except run.ConfigError as e:
+        out["beside_error"] = str(e)
     # The benchmark's ensemble loop, split over 2 devices as a run would be.
     from jaxmlp.bench import paths
     ec = paths.ensemble_config("seeds", 4, Config(**base), num_examples=1000)
@@ -76,8 +115,8 @@ def test_eight_devices_match_one(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.split("RESULT ", 1)[1])
-    assert result["single_mode"] == {"mode": "data", "num_devices": 8}
-    assert result["ensemble_mode"] == {"mode": "model", "num_devices": 8}
+    assert result["single_mode"] == {"mode": "data", "num_devices": 8, "eval_beside": False}
+    assert result["ensemble_mode"] == {"mode": "model", "num_devices": 8, "eval_beside": False}
     for name in ("single", "ensemble"):
         assert result[name]["train_loss"] < 1e-4, result
         assert result[name]["test_loss"] < 1e-4, result
@@ -85,11 +124,28 @@ def test_eight_devices_match_one(tmp_path):
     assert "batch size 50 cannot be split evenly over 8 devices" in result["error"]
     assert result["bench_split"][0] == 2 and result["bench_split"][1] < 1e-4, result
     assert result["resume"] == [20, 8, 0.0], result
+    beside = result["beside"]
+    assert beside["diff"] == 0.0 and beside["same_params"], beside
+    assert beside["resumed_diff"] == 0.0 and beside["resumed_same_params"], beside
+    assert beside["stopped_at"] == ["20"] and beside["resumed_from"] == 20, beside
+    assert beside["placement"] == {"mode": "single", "num_devices": 1, "eval_beside": True}, beside
+    assert beside["alone_placement"]["eval_beside"] is False, beside
+    # Every scoring program ran on device 1 (alone: device 0); the model stayed on device 0.
+    assert beside["scored_on"] == [False, True, True, True], beside
+    assert beside["trained_on"] == ["cpu:0"], beside
+    assert "needs a model that trains on one device" in result["beside_error"], result
 
 
 def test_split_count_is_the_most_devices_that_divide_the_ensemble():
     assert [parallel.split_count(k, 2) for k in (1, 2, 3, 8)] == [1, 2, 1, 2]
     assert [parallel.split_count(k, 8) for k in (6, 12, 7, 64)] == [6, 6, 7, 8]
+
+
+def test_cpu_layout_splits_an_ensemble_and_scores_anything_else_beside():
+    assert parallel.cpu_layout(8, 2) == (2, False)  # members side by side, each scored where it trains
+    assert parallel.cpu_layout(1, 2) == (2, True)  # one device trains, the other scores
+    assert parallel.cpu_layout(3, 2) == (2, True)  # 3 members do not split over 2
+    assert parallel.cpu_layout(1, 1) == (1, False)  # one core: nothing to score beside
 
 
 _USE = textwrap.dedent("""

@@ -136,7 +136,9 @@ def test_nan_params_at_a_chunks_last_step_freeze_the_member_at_the_chunk_start(t
     (the loss of a step is taken before its update). Catches: a guard that checks only the
     losses (NaN parameters would go on, and into a checkpoint), one that marks the wrong
     step or the whole chunk, one that keeps the bad state instead of the chunk's start,
-    one that freezes the healthy members too, and a frozen member that trains again."""
+    one that freezes the healthy members too, and a frozen member that trains again.
+    ``loop.guard``, which the run's next chunk starts from, gives ``record``'s state bit for
+    bit (catches a guard alone that drifts from the one in ``record``)."""
     c = Config(**SMALL, **({"learning_rates": (0.1, 0.5)} if ensemble else {}))
     n = c.eval_every
     dev = _device_data(DATA)
@@ -155,8 +157,10 @@ def test_nan_params_at_a_chunks_last_step_freeze_the_member_at_the_chunk_start(t
     leaves, treedef = jax.tree.flatten(after.params)
     poisoned = after.replace(params=jax.tree.unflatten(treedef, [poison(leaves[0]), *leaves[1:]]))
     start_host, after_host = jax.device_get(state), jax.device_get(after)
+    alone = loop.guard(state, poisoned, metrics)  # before ``record`` donates ``state``
     guarded, history, report = loop.record(state, poisoned, history, metrics, dev,
                                            eval_every=n, eval_batch_size=c.eval_batch_size)
+    _assert_same_state(alone, guarded)
 
     alive = np.atleast_1d(np.asarray(report["alive"]))
     assert alive.tolist() == ([True, False] if ensemble else [False])
@@ -192,13 +196,22 @@ def test_nan_params_at_a_chunks_last_step_freeze_the_member_at_the_chunk_start(t
     # The frozen member stays frozen: the next chunk leaves it at the same start, every loss
     # +inf, while the healthy one trains on.
     after2, metrics2 = loop.run_steps_keeping_input(guarded, dev, orders, **static)
+    alone2 = loop.guard(guarded, after2, metrics2)
     guarded2, history, report2 = loop.record(guarded, after2, history, metrics2, dev,
                                              eval_every=n, eval_batch_size=c.eval_batch_size)
+    _assert_same_state(alone2, guarded2)
     assert np.asarray(report2["alive"]).tolist() == [True, False] and int(report2["step"]) == 2 * n
     for a, b in zip(_params(guarded2, bad), _params(start_host, bad)):
         np.testing.assert_array_equal(a, b)
     loss2 = hist.by_member(hist.truncate(jax.device_get(history), 2 * n), "train_loss")
     assert np.all(loss2[bad, n:] == np.inf) and np.all(np.isfinite(loss2[0]))
+
+
+def _assert_same_state(a, b):
+    a, b = (checkpoint._arrays(x, {}) for x in (a, b))  # PRNG keys as their raw data
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(jax.device_get(a)), jax.tree.leaves(jax.device_get(b))):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_misclassified_digits_are_the_final_models_mistakes(tmp_path):

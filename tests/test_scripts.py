@@ -548,15 +548,18 @@ def test_a_default_run_that_fails_before_writing_leaves_no_folder(tmp_path, monk
 
 def test_an_ensemble_on_cpu_gets_a_device_per_core_and_a_single_model_one(tmp_path, compile_cache):
     """scripts/train.py in a fresh process: 4 seeds split over as many CPU devices as there
-    are cores (that divide 4), one model on one device, and a device count the user set
-    (XLA_FLAGS) is kept. Catches: the split never applied (JAX started before it), or
-    applied to a single model too (it then trains data parallel over cores it already used)."""
+    are cores (that divide 4), one model trained on one device and scored on another, and a
+    device count the user set (XLA_FLAGS) is kept. Catches: the split never applied (JAX
+    started before it), or applied to a single model too (it then trains data parallel over
+    cores it already used)."""
     cores = parallel.split_count(4, parallel.usable_cores())
     env = {k: v for k, v in child_env().items() if k != "XLA_FLAGS"}
-    cases = [({"seeds": "0,1,2,3"}, env, {"mode": "model" if cores > 1 else "single", "num_devices": cores}),
-             ({}, env, {"mode": "single", "num_devices": 1}),
+    beside = parallel.usable_cores() > 1  # a single model is scored on a second device
+    cases = [({"seeds": "0,1,2,3"}, env, {"mode": "model" if cores > 1 else "single", "num_devices": cores,
+                                          "eval_beside": False}),
+             ({}, env, {"mode": "single", "num_devices": 1, "eval_beside": beside}),
              ({"seeds": "0,1,2,3"}, {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"},
-              {"mode": "single", "num_devices": 1})]
+              {"mode": "single", "num_devices": 1, "eval_beside": False})]
     for i, (flags, environ, placement) in enumerate(cases):
         out = tmp_path / f"run{i}"
         proc = subprocess.run(_driver([*_child_argv(compile_cache, out=out, steps=40, **flags), "--quiet"]),
