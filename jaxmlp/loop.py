@@ -269,6 +269,9 @@ def _record(start, state, history, metrics, data, *, eval_every: int, eval_batch
     return state, history, {**report, "step": end}
 
 
+copy_tree = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+"""Fresh buffers for every leaf, in one program (for a program that donates its input)."""
+
 _EVAL_STATIC = ("eval_every", "eval_batch_size")
 record = jax.jit(_record, static_argnames=_EVAL_STATIC, donate_argnums=(0, 2))
 

@@ -22,7 +22,6 @@ import types
 from typing import Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmlp import checkpoint, data, loop, model, parallel, records, runs, train
@@ -120,7 +119,7 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
                 state, history = placement.put_state(checkpoint.restore(mngr(), state, history))
             else:
                 # Step 0 (``record`` donates its first argument, so it gets a copy).
-                history, _ = progs.record(_copy(state), state, history, progs.no_metrics)
+                history, _ = progs.record(loop.copy_tree(state), state, history, progs.no_metrics)
                 state = progs.guard(state, state, progs.no_metrics)
                 if out_dir is not None:
                     records.atomic_write_json(runs.RunFiles.under(out_dir).config, config.to_dict())
@@ -372,10 +371,6 @@ def _finish(config: Config, outcome: _Outcome, summary: dict, out_dir, stop) -> 
         raise Interrupted(f"interrupted after training had finished; the records were completed "
                           f"in {where}", stop.signum)
     return result
-
-
-# One program for the whole state (one jnp.copy per leaf compiled one program per shape).
-_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
 def _import_in_background(*modules: str) -> threading.Thread:

@@ -13,6 +13,7 @@ Imports only the standard library, numpy, ``jaxmlp.records`` and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -208,7 +209,8 @@ def _point_latest(root: Path, name: str | None) -> None:
 
 def discard_if_empty(run_dir: str | os.PathLike) -> None:
     """Remove a run folder ``new_run_dir`` made that is still empty (the run failed before
-    writing anything) and point ``latest`` back to the newest run left."""
+    writing anything) and point ``latest`` back to the newest run left; a runs folder
+    left with nothing in it goes too."""
     run = Path(run_dir)
     if not run.is_dir() or any(run.iterdir()):
         return
@@ -218,3 +220,5 @@ def discard_if_empty(run_dir: str | os.PathLike) -> None:
         left = sorted(p.name for p in run.parent.iterdir()  # names start with their UTC time
                       if p.is_dir() and not p.is_symlink() and _STAMPED.match(p.name))
         _point_latest(run.parent, left[-1] if left else None)
+    with contextlib.suppress(OSError):  # not empty: something else lives there
+        run.parent.rmdir()

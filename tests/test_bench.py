@@ -40,7 +40,7 @@ def test_plain_jax_reference_equals_run_steps(small, f32):
     (ref_params, ref_step), ref = paths.reference_run_steps(
         carry, data.train_images, data.train_labels, orders, train.learning_rate_of(state),
         num_steps=15, batch_size=50)  # crosses the epoch boundary (12 steps per epoch)
-    ours, metrics = loop.run_steps(paths.copy_tree(state), data, orders, num_steps=15, batch_size=50)
+    ours, metrics = loop.run_steps(loop.copy_tree(state), data, orders, num_steps=15, batch_size=50)
     np.testing.assert_allclose(ref["loss"], metrics["loss"], rtol=1e-5)
     np.testing.assert_array_equal(ref["accuracy"], metrics["accuracy"])
     assert int(ref_step) == int(ours.step) == 15
@@ -55,9 +55,9 @@ def test_every_timed_path_computes_the_same_losses(small, variant):
     metrics-after path: the losses of the same updates, read after each)."""
     host, data, orders, state = small
     metrics = "after" if variant == "fused_after" else "before"
-    _, expected = loop.run_steps(paths.copy_tree(state), data, orders, num_steps=6, batch_size=50,
+    _, expected = loop.run_steps(loop.copy_tree(state), data, orders, num_steps=6, batch_size=50,
                                  metrics=metrics)
-    timed = paths.make_loop(variant, paths.copy_tree(state), host=host, data=data, orders=orders,
+    timed = paths.make_loop(variant, loop.copy_tree(state), host=host, data=data, orders=orders,
                             batch_size=50, scan_steps=3)
     losses = np.concatenate([np.atleast_1d(timed.call()["loss"])
                              for _ in range(6 // timed.steps_per_call)])

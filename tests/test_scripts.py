@@ -544,6 +544,13 @@ def test_a_default_run_that_fails_before_writing_leaves_no_folder(tmp_path, monk
                         "--compile-cache", "", "--quiet"]) == 1
     assert sorted(os.listdir(tmp_path / "runs")) == ["20200101-000000-mnist", "ladder", "latest"]
     assert os.readlink(tmp_path / "runs" / "latest") == "20200101-000000-mnist"
+    # The first run in a fresh folder: the runs folder it made goes too.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    monkeypatch.chdir(fresh)
+    assert script.main(["--steps", "20", "--eval-every", "10", "--log-every", "10",
+                        "--compile-cache", "", "--quiet"]) == 1
+    assert os.listdir(fresh) == []
 
 
 def test_an_ensemble_on_cpu_gets_a_device_per_core_and_a_single_model_one(tmp_path, compile_cache):

@@ -34,7 +34,7 @@ def path_row(variant: str, state, *, hidden, host: dict, data: loop.Data, orders
     ``timing``: ``measure``'s keyword arguments; ``flops``: FLOPs per step;
     ``ceiling``/``peak``: FLOP/s to compare the achieved rate with.
     """
-    timed = paths.make_loop(variant, paths.copy_tree(state), host=host, data=data, orders=orders,
+    timed = paths.make_loop(variant, loop.copy_tree(state), host=host, data=data, orders=orders,
                             batch_size=batch_size, scan_steps=scan_steps)
     m = measure(timed, **timing)
     del timed  # frees the path's state (and float32 copy) before the next

@@ -67,11 +67,6 @@ def _boxed(state, fn):
     return call
 
 
-def copy_tree(tree):
-    """Fresh buffers for every leaf: each loop donates its own state, not a shared one."""
-    return jax.tree.map(jnp.copy, tree)
-
-
 # --- the plain-JAX reference -------------------------------------------------------
 
 
