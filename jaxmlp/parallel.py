@@ -7,8 +7,9 @@ the device count divides is split over the model axis instead: members are
 independent, so that needs no communication at all.
 
 On CPU, XLA shows one device whatever the core count; ``use_cpu_devices``,
-called by the scripts before JAX starts, gives an ensemble a CPU device per
-core, so its members train side by side.
+called by the scripts before JAX starts with ``cpu_layout``'s count, gives an
+ensemble a CPU device per core, so its members train side by side, and a single
+model a second CPU device that scores the test set beside training.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def cpu_layout(num_models: int, cores: int) -> tuple[int, bool]:
     on one device and, with a second core, is scored on a second device while the next
     chunk trains: on 2 cores, 100 seed steps and a 10k evaluation took 73 ms side by side
     against 68 + 17 ms one after the other, as training at batch 100 gains little from its
-    second core (100 steps on one core: 78 ms). Fastest of 60 each, measured here.
+    second core (100 steps on one core: 78 ms). Measured once here, fastest of 60 each;
+    the benchmark does not time this.
     """
     split = split_count(num_models, cores)
     return (split, False) if split > 1 else (min(2, cores), cores > 1)
@@ -121,12 +123,12 @@ def use_cpu_devices(n: int) -> int | None:
 
     XLA:CPU shows one device whatever the core count, and runs one small program at a
     time over every core. An ensemble split over one device per core trains its
-    members side by side instead: on 2 cores, 8 seeds at batch 100 ran at 1.63x the
-    model-steps/s of one model, against 0.91x on one device (``scripts/benchmark.py``
-    measures both; docs/benchmark-cpu.json). The scripts call this with ``cpu_layout``'s
-    count. (A single model split data parallel over such devices ran 2.7x slower,
-    measured once: it trains on one of them.) A count set already (``XLA_FLAGS``, ``jax_num_cpu_devices``) is left as it is, and
-    once JAX has started (a notebook) nothing changes. Returns the count set, or None.
+    members side by side instead (``scripts/benchmark.py`` measures the model-steps/s
+    of both layouts; docs/benchmark-cpu.json). The scripts call this with
+    ``cpu_layout``'s count. (A single model split data parallel over such devices ran
+    2.7x slower, measured once: it trains on one of them.) A count set already
+    (``XLA_FLAGS``, ``jax_num_cpu_devices``) is left as it is, and once JAX has started
+    (a notebook) nothing changes. Returns the count set, or None.
     """
     if n <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
             or jax.config.jax_num_cpu_devices >= 0:
