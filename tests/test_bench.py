@@ -82,6 +82,32 @@ def test_ensemble_loop_runs_k_models_of_each_kind(small, kind):
         assert not np.allclose(loss[0, 1:], loss[1, 1:])
 
 
+def test_each_ensemble_is_compared_with_the_model_timed_in_turns_with_it(small, monkeypatch):
+    """Catches ``vs_single`` against one model timed once, minutes before the ensembles
+    (the machine's drift went into the ratio): every K is timed with a model of its own."""
+    from jaxmlp.bench import measure
+
+    _, data, _, _ = small
+    groups = []
+
+    def fake(loops, **_):  # group g: the model at 100 g steps/s, the ensembles just above it
+        groups.append([timed.models for timed in loops])
+        g = len(groups)
+        return [{"steps_per_s": timing.stats([100.0 * g + i]), "calls_per_repeat": 1,
+                 "steps_per_call": 1} for i in range(len(loops))]
+
+    monkeypatch.setattr(measure, "measure_side_by_side", fake)
+    out = measure.ensembles(SMALL.replace(batch_size=50), kinds=paths.KINDS, sizes=(2, 1), data=data,
+                            scan_steps=lambda k: 4, timing={})
+    assert groups == [[1, 1, 1], [1, 2, 2]]  # per K, increasing: one model first, then each kind
+    assert out["single"]["model_steps_per_s"] == 100.0
+    for row in out["rows"]:
+        g = 1 if row["k"] == 1 else 2
+        i = 1 + paths.KINDS.index(row["kind"])
+        assert row["single_model_steps_per_s"] == 100.0 * g
+        assert row["vs_single"] == pytest.approx((100.0 * g + i) * row["k"] / (100.0 * g))
+
+
 def test_flops_per_step_is_near_the_analytic_count(small):
     _, data, orders, _ = small
     hidden = run.DEFAULT_HIDDEN
@@ -170,6 +196,27 @@ def _benchmark(tmp_path, *args, without_tf=False):
     return proc.stdout, json.loads(out.read_text()), png
 
 
+def test_loops_timed_in_turns_meet_the_same_drift():
+    """Two identical loops on a machine that slows to a third of its speed half way
+    through the measurement: timed in turns they measure alike. Catches timing them one
+    after the other, which put the whole slowdown on the second (a 3x ratio)."""
+    import time
+
+    calls = [0]
+
+    def call():  # one call per repeat (see target_seconds): calls 1-4 warm up, 5-16 are timed
+        calls[0] += 1
+        time.sleep(0.002 * (1 if calls[0] <= 10 else 3))
+        return jnp.zeros(())
+
+    a, b = timing.measure_side_by_side([paths.Loop(call, 1), paths.Loop(call, 1)], repeats=6,
+                                       target_seconds=1e-9, warmup_calls=1)
+    assert calls[0] == 16 and a["calls_per_repeat"] == b["calls_per_repeat"] == 1
+    assert 0.75 < a["steps_per_s"]["median"] / b["steps_per_s"]["median"] < 1 / 0.75
+    slow, fast = sorted(a["steps_per_s"]["values"])[0], sorted(a["steps_per_s"]["values"])[-1]
+    assert fast / slow > 2  # the drift was there to meet
+
+
 def test_quick_benchmark_writes_json_with_every_figure(tmp_path):
     stdout, r, _ = _benchmark(tmp_path, "--quick", "--repeats", "2")
     assert "fused / plain-JAX scan" in stdout  # the table was printed
@@ -200,9 +247,10 @@ def test_quick_benchmark_writes_json_with_every_figure(tmp_path):
             assert e["achieved_bytes_per_s"] == pytest.approx(
                 e["xla_bytes_per_step"] * e["steps_per_s"]["median"])
             assert e["vs_memory_ceiling"] == pytest.approx(e["achieved_bytes_per_s"] / mem["bytes_per_s"])
-        for e in ens:
-            assert e["vs_single"] == pytest.approx(
-                e["model_steps_per_s"] / r["ensemble_single"]["model_steps_per_s"])
+        for e in ens:  # against the one model timed in turns with its K
+            assert e["vs_single"] == pytest.approx(e["model_steps_per_s"] / e["single_model_steps_per_s"])
+        assert ens[0]["single_model_steps_per_s"] == r["ensemble_single"]["model_steps_per_s"]
+        assert ens[1]["single_model_steps_per_s"] == ens[2]["single_model_steps_per_s"]
     assert set(run.TARGETS) <= set(r["ratios"])
     assert r["ratios"]["fused_vs_plain_jax"]["value"] > 0
 

@@ -115,13 +115,12 @@ def run_accelerator(config: AcceleratorConfig, *, log: Callable[[str], None] | N
             s = config.scan_steps(b)
             info = timing.flops_per_step(state, data, orders, batch_size=b, scan_steps=s)
             configs.append({"batch_size": b, **info})
-            for variant in variants:
-                say(f"batch {b}: {LABELS[variant]} ...")
-                out.append(measure.path_row(
-                    variant, state, hidden=Config().hidden, host=host, data=data, orders=orders,
-                    batch_size=b, scan_steps=s, timing=config.timing,
-                    flops=info["xla_flops_per_step"], ceiling=result["matmul_ceiling"]["flops_per_s"],
-                    peak=peak))
+            say(f"batch {b}: {', '.join(LABELS[v] for v in variants)}, in turns ...")
+            out += measure.path_rows(
+                variants, state, hidden=Config().hidden, host=host, data=data, orders=orders,
+                batch_size=b, scan_steps=s, timing=config.timing,
+                flops=info["xla_flops_per_step"], ceiling=result["matmul_ceiling"]["flops_per_s"],
+                peak=peak)
         return {"rows": out, "configs": configs, "skipped": skipped, "budget_seconds": budget.seconds,
                 "seconds": budget.elapsed()}
 

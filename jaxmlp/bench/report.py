@@ -78,18 +78,20 @@ def _ensemble_lines(single: dict, rows: list[dict]) -> list[str]:
     if not rows:
         return []
     lines = ["", f"ensembles (vmap over K models, batch {single['batch_size']}, widths "
-                 f"{name(single['hidden'])}): one model alone {single['model_steps_per_s']:,.0f} "
-                 "model-steps/s; seeds = K seeds at one lr, learning_rates = one seed at K lrs",
+                 f"{name(single['hidden'])}): each K timed in turns with one model ('one': its "
+                 "model-steps/s, the base of 'x one'); seeds = K seeds at one lr, learning_rates "
+                 "= one seed at K lrs",
              "memory: XLA's count of bytes one train step reads and writes (batch given) x "
              "steps/s, and its share of the measured memory ceiling",
-             f"{'K':>5}  {'kind':<15}{'dev':>4}{'scan':>6}{'steps/s':>10}{'model-steps/s':>15}{'x one':>8}"
+             f"{'K':>5}  {'kind':<15}{'dev':>4}{'scan':>6}{'steps/s':>10}{'model-steps/s':>15}{'one':>8}{'x one':>7}"
              f"{'peak MiB':>10}{'MB/step':>10}{'memory B/s':>12}{'%mem':>6}"]
     for e in [{**single, "k": 1, "kind": "one model", "devices": 1, "vs_single": 1.0,
-               "peak_device_bytes": None}, *rows]:
+               "single_model_steps_per_s": single["model_steps_per_s"], "peak_device_bytes": None}, *rows]:
         per_step = e.get("xla_bytes_per_step")
         lines.append(f"{e['k']:>5}  {e['kind']:<15}{e.get('devices', 1):>4}{e['steps_per_call']:>6}"
                      f"{_rate(e['steps_per_s']['median']):>10}{e['model_steps_per_s']:>15,.0f}"
-                     f"{_num(e['vs_single']):>8}{_mib(e['peak_device_bytes']):>10}"
+                     f"{_num(e.get('single_model_steps_per_s'), ',.0f'):>8}{_num(e['vs_single']):>7}"
+                     f"{_mib(e['peak_device_bytes']):>10}"
                      f"{_num(per_step and per_step / 1e6, '.1f'):>10}"
                      f"{_si(e.get('achieved_bytes_per_s'), 'B/s'):>12}"
                      f"{_pct(e.get('vs_memory_ceiling')):>6}")
@@ -262,9 +264,10 @@ def _draw_ensembles(ax, single: dict, rows: list[dict]) -> None:
                      if r["kind"] == kind and r.get("devices", 1) == d)
         ax.plot(*zip(*pts), marker="o", linestyle="-" if d == 1 else "--",
                 label=kind.replace("_", " ") + (f", over {d} devices" if d > 1 else ""))
-    ks = sorted({r["k"] for r in rows})
-    ax.plot(ks, [single["model_steps_per_s"] * k for k in ks], ":", color="grey",
-            label="K x one model (linear)")
+    one = {r["k"]: r.get("single_model_steps_per_s", single["model_steps_per_s"]) for r in rows}
+    ks = sorted(one)
+    ax.plot(ks, [one[k] * k for k in ks], ":", color="grey",
+            label="K x one model timed with them (linear)")
     ax.set(xscale="log", yscale="log", xlabel="models K", ylabel="model-steps / s",
            title=f"ensembles, batch {single['batch_size']}")
     ax.grid(True, which="both", alpha=0.3)

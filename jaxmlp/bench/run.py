@@ -184,13 +184,12 @@ def _sweep(config, states, host, data, orders, result, say):
             say(f"{name(hidden)} batch {b}: the step's matmuls alone ...")
             info["step_matmuls"] = timing.step_matmul_rate(hidden, b, repeats=config.repeats,
                                                            target_seconds=config.target_seconds)
-            for variant in config.variants:
-                say(f"{name(hidden)} batch {b}: {LABELS[variant]} ...")
-                rows.append(measure.path_row(
-                    variant, state, hidden=hidden, host=host, data=data, orders=orders,
-                    batch_size=b, scan_steps=s, timing=config.timing,
-                    flops=info["xla_flops_per_step"], ceiling=ceiling,
-                    peak=peak and peak["flops_per_s"]))
+            say(f"{name(hidden)} batch {b}: {', '.join(LABELS[v] for v in config.variants)}, in turns ...")
+            rows += measure.path_rows(
+                config.variants, state, hidden=hidden, host=host, data=data, orders=orders,
+                batch_size=b, scan_steps=s, timing=config.timing,
+                flops=info["xla_flops_per_step"], ceiling=ceiling,
+                peak=peak and peak["flops_per_s"])
             info["peak_device_bytes"] = timing.peak_device_bytes()  # the process's peak so far
             configs.append(info)
     return rows, configs

@@ -13,7 +13,7 @@ import dataclasses
 import gc
 import math
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -119,26 +119,43 @@ def stats(values) -> dict:
 
 def measure(timed: Loop, *, repeats: int, target_seconds: float, warmup_calls: int) -> dict:
     """Steady-state steps/s of ``timed``: warm-up excluded, ``repeats`` timed runs of calls."""
-    for _ in range(warmup_calls):
+    return measure_side_by_side([timed], repeats=repeats, target_seconds=target_seconds,
+                                warmup_calls=warmup_calls)[0]
+
+
+def measure_side_by_side(loops: Sequence[Loop], *, repeats: int, target_seconds: float,
+                         warmup_calls: int) -> list[dict]:
+    """``measure`` of several loops at once, one result each.
+
+    Each repeat times every loop once, starting with a different one each time. The
+    machine's speed drifts (10-30% from minute to minute on a shared CPU): timed one
+    after the other, the loops would meet different speeds and their ratio would carry
+    the drift; timed in turns, the drift reaches them alike.
+    """
+    calls = []
+    for timed in loops:
+        for _ in range(warmup_calls):
+            jax.block_until_ready(timed.call())
+        t0 = time.perf_counter()
         jax.block_until_ready(timed.call())
-    t0 = time.perf_counter()
-    jax.block_until_ready(timed.call())
-    calls = max(1, math.ceil(target_seconds / max(time.perf_counter() - t0, 1e-9)))
-    rates = []
+        calls.append(max(1, math.ceil(target_seconds / max(time.perf_counter() - t0, 1e-9))))
+    rates = [[] for _ in loops]
     gc_was_enabled = gc.isenabled()
     gc.disable()  # a collection mid-repeat is noise, not the path's cost
     try:
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                out = timed.call()
-            jax.block_until_ready(out)  # calls chain through the state: this waits for all
-            rates.append(calls * timed.steps_per_call / (time.perf_counter() - t0))
+        for r in range(repeats):
+            for j in range(len(loops)):
+                i = (r + j) % len(loops)
+                t0 = time.perf_counter()
+                for _ in range(calls[i]):
+                    out = loops[i].call()
+                jax.block_until_ready(out)  # calls chain through the state: this waits for all
+                rates[i].append(calls[i] * loops[i].steps_per_call / (time.perf_counter() - t0))
     finally:
         if gc_was_enabled:
             gc.enable()
-    return {"steps_per_s": stats(rates), "calls_per_repeat": calls,
-            "steps_per_call": timed.steps_per_call}
+    return [{"steps_per_s": stats(r), "calls_per_repeat": c, "steps_per_call": timed.steps_per_call}
+            for timed, r, c in zip(loops, rates, calls)]
 
 
 def matmul_ceiling(n: int, *, repeats: int = 5, target_seconds: float = 0.5, chain: int = 4) -> dict:
