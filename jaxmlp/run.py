@@ -194,7 +194,7 @@ def _prepare(config: Config, dataset: data.Dataset, devices, eval_device):
     test = loop.Data(None, None, np.asarray(dataset.test_images, np.float32) / np.float32(255),
                      np.asarray(dataset.test_labels, np.int32))  # scaled on the host: no compile
     test_data = placement.put_replicated(test) if eval_device is None else to_eval(test)
-    state, history, orders = loop.init_run(config, n_train)
+    state, history, orders = loop.start_run(config, n_train)
     state, history = placement.put_state((state, history))
     history = to_eval(history)
     orders = placement.put_state(orders) if not config.shares_batches else placement.put_replicated(orders)

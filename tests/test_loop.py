@@ -219,3 +219,48 @@ def test_record_compiles_plainly_where_xla_lacks_the_option(monkeypatch):
     report = loop.compile_record(lowered, "cpu")(_copy(state), state, _copy(history),
                                                  loop.nan_metrics(20), data)[2]
     assert np.isfinite(report["test_loss"])
+
+
+def _leaves(tree) -> list[np.ndarray]:
+    return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
+            for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("config", [Config(), Config(seeds=(0, 1, 2)), Config(learning_rates=(0.1, 0.3)),
+                                    Config.from_preset("relu-lrdecay-dropout"),
+                                    Config.from_preset("relu", optimizer="adam")],
+                         ids=["seed", "seeds", "learning-rates", "dropout", "adam"])
+def test_the_initial_state_compiled_at_a_low_llvm_level_has_the_same_bits(config):
+    """``start_run`` compiles ``init_run`` with ``INIT_CPU_OPTIONS`` on CPU (faster to
+    compile cold): the state, history and data order must be bit-identical to the default
+    compile's, at the real dataset's size. Catches an XLA whose lower level rounds an
+    initializer differently (level 0 does here)."""
+    lowered = loop.init_run.lower(config, 60_000)
+    try:
+        low = lowered.compile(compiler_options=loop.INIT_CPU_OPTIONS)
+    except jax.errors.JaxRuntimeError:
+        pytest.skip("this XLA has no such option; start_run compiles plainly")
+    want, got = _leaves(lowered.compile()()), _leaves(low())
+    assert len(want) == len(got)
+    for a, b in zip(want, got):
+        assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
+
+
+def test_start_run_compiles_with_the_init_options_on_cpu_only(monkeypatch):
+    seen = []
+    compile_for = loop.compile_for
+    monkeypatch.setattr(loop, "compile_for", lambda lowered, platform, options: (
+        seen.append((platform, options)), compile_for(lowered, platform, options))[1])
+    c = Config(hidden=(32, 16), batch_size=50, steps=20, eval_every=20)
+    state, _, _ = loop.start_run(c, 1000)
+    assert seen == [(jax.default_backend(), loop.INIT_CPU_OPTIONS)] and int(state.step) == 0
+    loop.start_run(c, 1000)  # compiled once per (config, size, platform)
+    assert len(seen) == 1
+
+
+    class Lowered:  # records how it was compiled
+        def compile(self, **kwargs):
+            return kwargs
+
+    assert loop.compile_for(Lowered(), "gpu", loop.INIT_CPU_OPTIONS) == {}  # elsewhere: plainly
+    assert loop.compile_for(Lowered(), "cpu", loop.INIT_CPU_OPTIONS) == {"compiler_options": loop.INIT_CPU_OPTIONS}
