@@ -221,7 +221,8 @@ def test_record_compiles_plainly_where_xla_lacks_the_option(monkeypatch):
     assert np.isfinite(report["test_loss"])
 
 
-def _leaves(tree) -> list[np.ndarray]:
+def _bits(tree) -> list[np.ndarray]:
+    """Every leaf as a host array (keys as their data)."""
     return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
             for x in jax.tree.leaves(tree)]
 
@@ -240,7 +241,7 @@ def test_the_initial_state_compiled_at_a_low_llvm_level_has_the_same_bits(config
         low = lowered.compile(compiler_options=loop.INIT_CPU_OPTIONS)
     except jax.errors.JaxRuntimeError:
         pytest.skip("this XLA has no such option; start_run compiles plainly")
-    want, got = _leaves(lowered.compile()()), _leaves(low())
+    want, got = _bits(lowered.compile()()), _bits(low())
     assert len(want) == len(got)
     for a, b in zip(want, got):
         assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)
