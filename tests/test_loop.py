@@ -23,6 +23,9 @@ def _copy(tree):
 
 
 def _leaves(tree, member=None):
+    """Every leaf (of one ``member``) as a host array; keys as their data."""
+    tree = jax.tree.map(lambda x: jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+                        else x, tree)
     return [np.asarray(x if member is None else x[member]) for x in jax.tree.leaves(jax.device_get(tree))]
 
 
@@ -221,12 +224,6 @@ def test_record_compiles_plainly_where_xla_lacks_the_option(monkeypatch):
     assert np.isfinite(report["test_loss"])
 
 
-def _bits(tree) -> list[np.ndarray]:
-    """Every leaf as a host array (keys as their data)."""
-    return [np.asarray(jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x)
-            for x in jax.tree.leaves(tree)]
-
-
 @pytest.mark.parametrize("config", [Config(), Config(seeds=(0, 1, 2)), Config(learning_rates=(0.1, 0.3)),
                                     Config.from_preset("relu-lrdecay-dropout"),
                                     Config.from_preset("relu", optimizer="adam")],
@@ -241,7 +238,7 @@ def test_the_initial_state_compiled_at_a_low_llvm_level_has_the_same_bits(config
         low = lowered.compile(compiler_options=loop.INIT_CPU_OPTIONS)
     except jax.errors.JaxRuntimeError:
         pytest.skip("this XLA has no such option; start_run compiles plainly")
-    want, got = _bits(lowered.compile()()), _bits(low())
+    want, got = _leaves(lowered.compile()()), _leaves(low())
     assert len(want) == len(got)
     for a, b in zip(want, got):
         assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=True)

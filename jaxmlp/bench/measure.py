@@ -50,10 +50,14 @@ def path_rows(variants: Sequence[str], state, *, hidden, host: dict, data: loop.
     return rows
 
 
-def _traffic(config: Config, data: loop.Data, steps_per_s: float, memory_ceiling) -> dict:
-    """XLA's count of bytes one step reads and writes, and the rate that makes at
-    ``steps_per_s``, against the measured ``memory_ceiling`` (bytes/s)."""
-    per_step = xla_cost(paths.one_step_program(config, data=data), "bytes accessed")
+def _step_bytes(config: Config, data: loop.Data) -> float | None:
+    """XLA's count of bytes one step of ``config`` reads and writes."""
+    return xla_cost(paths.one_step_program(config, data=data), "bytes accessed")
+
+
+def _traffic(per_step: float | None, steps_per_s: float, memory_ceiling) -> dict:
+    """``per_step`` bytes (``_step_bytes``) and the rate they make at ``steps_per_s``,
+    against the measured ``memory_ceiling`` (bytes/s)."""
     rate = per_step * steps_per_s if per_step else None
     return {"xla_bytes_per_step": per_step, "achieved_bytes_per_s": rate,
             "vs_memory_ceiling": ratio(rate, memory_ceiling)}
@@ -77,6 +81,7 @@ def ensembles(base: Config, *, kinds, sizes, data: loop.Data, scan_steps: Callab
     """
     n, b = data.train_images.shape[0], base.batch_size
     single_config = paths.two_epochs(base, n)
+    single_bytes = _step_bytes(single_config, data)  # the same for every K's single model
 
     def single_loop():
         state, _, orders = loop.init_run(single_config, n)
@@ -86,7 +91,7 @@ def ensembles(base: Config, *, kinds, sizes, data: loop.Data, scan_steps: Callab
     def single_row(m):
         return {"hidden": list(base.hidden), "batch_size": b, **m,
                 "model_steps_per_s": m["steps_per_s"]["median"],
-                **_traffic(single_config, data, m["steps_per_s"]["median"], memory_ceiling)}
+                **_traffic(single_bytes, m["steps_per_s"]["median"], memory_ceiling)}
 
     single, rows, skipped = None, [], []
     local = jax.local_devices()
@@ -121,7 +126,7 @@ def _ensemble_row(kind, k, devices, base, m, single, config, data, memory_ceilin
             "single_model_steps_per_s": single["model_steps_per_s"],
             "vs_single": ratio(msps, single["model_steps_per_s"]),
             "peak_device_bytes": peak_device_bytes(),
-            **_traffic(config, data, m["steps_per_s"]["median"], memory_ceiling)}
+            **_traffic(_step_bytes(config, data), m["steps_per_s"]["median"], memory_ceiling)}
 
 
 def best_ensembles(rows: list[dict], kinds) -> dict:

@@ -90,7 +90,7 @@ def _ensemble_lines(single: dict, rows: list[dict]) -> list[str]:
         per_step = e.get("xla_bytes_per_step")
         lines.append(f"{e['k']:>5}  {e['kind']:<15}{e.get('devices', 1):>4}{e['steps_per_call']:>6}"
                      f"{_rate(e['steps_per_s']['median']):>10}{e['model_steps_per_s']:>15,.0f}"
-                     f"{_num(e.get('single_model_steps_per_s'), ',.0f'):>8}{_num(e['vs_single']):>7}"
+                     f"{e['single_model_steps_per_s']:>8,.0f}{_num(e['vs_single']):>7}"
                      f"{_mib(e['peak_device_bytes']):>10}"
                      f"{_num(per_step and per_step / 1e6, '.1f'):>10}"
                      f"{_si(e.get('achieved_bytes_per_s'), 'B/s'):>12}"
@@ -264,7 +264,7 @@ def _draw_ensembles(ax, single: dict, rows: list[dict]) -> None:
                      if r["kind"] == kind and r.get("devices", 1) == d)
         ax.plot(*zip(*pts), marker="o", linestyle="-" if d == 1 else "--",
                 label=kind.replace("_", " ") + (f", over {d} devices" if d > 1 else ""))
-    one = {r["k"]: r.get("single_model_steps_per_s", single["model_steps_per_s"]) for r in rows}
+    one = {r["k"]: r["single_model_steps_per_s"] for r in rows}
     ks = sorted(one)
     ax.plot(ks, [one[k] * k for k in ks], ":", color="grey",
             label="K x one model timed with them (linear)")
