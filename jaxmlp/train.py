@@ -58,8 +58,8 @@ class TrainState:
 def _reseeded(rest: nnx.State, key: jax.Array) -> nnx.State:
     """``rest`` with every RNG stream restarted from ``key`` (one fold per stream name).
 
-    Done on the state, before merging, so no variable is mutated across traces; a
-    model without streams gets its ``rest`` back untouched (no work at all).
+    Done on the state, before merging; a model without streams gets its ``rest``
+    back untouched (no work at all).
     """
     flat = list(nnx.to_flat_state(rest))
     tags = sorted({v.tag for _, v in flat if isinstance(v, nnx.RngKey)})
@@ -83,7 +83,10 @@ def forward(state: TrainState, params, images: jax.Array, *, train: bool,
     from ``key``; ``train=False`` runs it deterministically (``Module.eval``).
     """
     rest = _reseeded(state.rest, key) if train else state.rest
-    module = nnx.merge(state.graphdef, params, rest)
+    # Fresh variables (``copy``): the state's belong to the trace that passed it in, and a
+    # module that updates its own state (BatchNorm's statistics) inside ``value_and_grad``
+    # may not mutate those ("Cannot mutate BatchStat from a different trace level").
+    module = nnx.merge(state.graphdef, params, rest, copy=True)
     module.train() if train else module.eval()
     logits = module(scale_images(images))
     return logits, nnx.state(module, nnx.Not(nnx.Param))

@@ -223,6 +223,79 @@ def test_a_user_cnn_with_dropout_trains_through_train_step_and_run_steps():
     assert float(train.evaluate(fused, test_x, test_y)["accuracy"]) > 0.9
 
 
+class BatchNormNet(nnx.Module):
+    """A user's model with batch statistics and a dropout stream: linear -> BatchNorm ->
+    ReLU -> dropout -> linear."""
+
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(784, 32, rngs=rngs)
+        self.norm = nnx.BatchNorm(32, momentum=0.9, rngs=rngs)
+        self.dropout = nnx.Dropout(0.1, rngs=rngs)
+        self.out = nnx.Linear(32, 10, rngs=rngs)
+
+    def __call__(self, images):  # (B, 28, 28) float -> (B, 10)
+        h = jax.nn.relu(self.norm(self.hidden(images.reshape(images.shape[0], -1))))
+        return self.out(self.dropout(h))
+
+
+def _batch_stats(state):
+    return {str(path): np.asarray(v) for path, v in jax.tree_util.tree_flatten_with_path(state.rest)[0]
+            if "mean" in str(path) or "var" in str(path)}
+
+
+def test_a_user_model_with_batch_norm_trains_under_jit_scan_and_vmap():
+    """Catches a step that cannot merge batch statistics inside ``value_and_grad`` (Flax's
+    'Cannot mutate BatchStat from a different trace level': the step once handed the
+    outer trace's variables to the module), a step that drops the updated statistics
+    (``rest`` not carried), and evaluation in training mode (batch statistics instead of
+    the running averages: an example's logits would depend on the rest of its batch)."""
+    ds = synthetic()
+    data = loop.Data(jnp.asarray(ds.train_images), jnp.asarray(ds.train_labels), None, None)
+    orders = loop.epoch_orders(jax.random.key(0), num_epochs=2, num_examples=1000)
+
+    tx = optax.sgd(0.05)  # one optimizer: states that stack must have the same static parts
+
+    def fresh(key=3):
+        return train.TrainState.create(BatchNormNet(rngs=nnx.Rngs(params=0, dropout=1)), tx,
+                                       key=jax.random.key(key))
+
+    state, start = fresh(), _batch_stats(fresh())
+    assert sorted(start) and all(np.all(v == (0 if "mean" in k else 1)) for k, v in start.items())
+    losses = []
+    for t in range(30):
+        state, m = train.train_step(state, loop.batch_at(data, orders, jnp.int32(t), 50))
+        losses.append(float(m["loss"]))
+    stats = _batch_stats(state)
+    assert all(not np.allclose(stats[k], start[k]) for k in start), "batch statistics never updated"
+    assert np.mean(losses[-5:]) < np.mean(losses[:5]) / 2
+
+    # lax.scan: the same losses and statistics as the per-step loop.
+    fused, metrics = loop.run_steps(fresh(), data, orders, num_steps=30, batch_size=50)
+    np.testing.assert_allclose(metrics["loss"], losses, rtol=1e-4, atol=1e-6)
+    for k, v in _batch_stats(fused).items():
+        np.testing.assert_allclose(v, stats[k], rtol=1e-4, atol=1e-6)
+
+    # vmap: two members (two keys, hence two dropout streams), each its own run.
+    states = [fresh(3), fresh(4)]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    step = jax.jit(jax.vmap(train._train_step, in_axes=(0, None)))
+    for t in range(5):
+        batch = loop.batch_at(data, orders, jnp.int32(t), 50)
+        stacked, m = step(stacked, batch)
+        states = [train.train_step(s, batch)[0] for s in states]
+    for i, s in enumerate(states):
+        member = jax.tree.map(lambda x: x[i], stacked)
+        for k, v in _batch_stats(s).items():
+            np.testing.assert_allclose(_batch_stats(member)[k], v, rtol=1e-5, atol=1e-6)
+
+    # Evaluation uses the running averages: an example's logits do not depend on its batch.
+    x = jnp.asarray(ds.test_images)
+    whole = train.forward(state, state.params, x, train=False)[0]
+    part = train.forward(state, state.params, x[:7], train=False)[0]
+    np.testing.assert_allclose(part, whole[:7], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(train.predict(state, x[:7]), train.predict(state, x)[:7])
+
+
 def test_evaluation_is_deterministic_while_training_forwards_draw_new_masks():
     """Catches evaluation in training mode (dropout on: its loss is not the deterministic
     model's) and a dropout key that ignores the step (the same mask every step)."""
