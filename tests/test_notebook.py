@@ -166,6 +166,18 @@ def test_live_reporter_draws_at_most_every_min_interval():
     assert rep.frames == len(began) and rep._pending is False
 
 
+def test_the_default_throttle_is_every_half_second_and_two_percent():
+    """The README's figures. Free frames: the 0.5 s interval alone spaces them, once 2% of
+    the time covers the first frame's 0.15 s estimate (7.5 s in). 1 s frames: frame k
+    (k >= 1) waits until 2% of the time covers k + 1 of them (100 s, 150 s)."""
+    rep, began = _timed_run(100, 0.1, 0.0)
+    assert 7.5 <= began[0] < 7.5 + 0.1 + 1e-9
+    assert (np.diff(began[:-1]) >= 0.5 - 1e-9).all() and (np.diff(began[:-1]) < 0.6 + 1e-9).all()
+    rep, began = _timed_run(1600, 0.1, 1.0)
+    assert len(began) == 4  # ... and the last chunk's at close
+    assert 100.0 - 1e-9 <= began[1] < 100.2 and 150.0 - 1e-9 <= began[2] < 150.2, began
+
+
 def test_slow_frames_are_drawn_less_often_and_the_last_chunk_always():
     rep, began = _timed_run(1000, 0.1, 1.0, max_share=0.03)  # 100 s of chunks, 1 s frames
     # Frame k (k >= 1) waits until 3% of the time covers k + 1 frames of 1 s: at 66.7 s and
