@@ -38,8 +38,10 @@ def latest_step(directory: str) -> int:
     if os.path.isdir(directory):
         steps = [int(name) for name in os.listdir(directory) if name.isdigit()]
     if not steps:
-        raise RecordError(f"nothing to resume: {directory} holds no checkpoint "
-                          f"(is this a jaxmlp run folder?)")
+        run = os.path.dirname(os.path.normpath(directory)) or "."
+        raise RecordError(f"nothing to resume: {directory} holds no checkpoint (the run stopped "
+                          f"or diverged before its first one, or {run} is not a jaxmlp run "
+                          f"folder); start it again with --out {run} --overwrite")
     return max(steps)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import json
 import os
 import signal
 import threading
@@ -44,6 +45,15 @@ class Diverged(RuntimeError):
     def __init__(self, message: str, summary: dict | None = None):
         super().__init__(message)
         self.summary = summary
+
+
+class StoppedAtOnce(KeyboardInterrupt):
+    """A second signal: the run stopped where it was (a ``KeyboardInterrupt``, so that
+    nothing catches it on the way out)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
 
 
 class AlreadyComplete(Exception):
@@ -99,15 +109,19 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
     ``started``: ``time.perf_counter()`` at process start, for the startup timing.
     """
     clock = {"started": time.perf_counter() if started is None else started}
-    with _signals() as stop:
-        out_dir = _prepare_folder(config, out_dir, resume=resume, overwrite=overwrite)
+    with _signals() as stop, contextlib.ExitStack() as held:
+        out_dir, replace = _prepare_folder(config, out_dir, resume=resume, overwrite=overwrite,
+                                           held=held)
         dataset = dataset or data.load(config.dataset, data_dir=config.data_dir,
                                        manual_dir=config.manual_dir, train_split=config.train_split,
                                        test_split=config.test_split, progress=not quiet)
         clock["data_loaded"] = time.perf_counter()
         placement, state, history, progs = _prepare(config, dataset, devices, eval_device)
         clock["compiled"] = time.perf_counter()
-        _stop_if_signalled(stop, "during start-up: nothing was trained and nothing written")
+        _stop_if_signalled(stop, "during start-up: nothing was trained and nothing written"
+                           + (f"; the run in {out_dir} is as it was" if replace else ""))
+        if replace:  # only now that the new run has passed every check and compiled
+            runs.clear_run(out_dir)
         # Opened at its first use (Orbax takes about as long to import as JAX).
         mngr = (functools.cache(lambda: checkpoint.manager(runs.RunFiles.under(out_dir).checkpoints))
                 if out_dir is not None and jax.process_count() == 1 else None)
@@ -140,28 +154,43 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
 
 # Phases -------------------------------------------------------------------------
 
-def _prepare_folder(config: Config, out_dir, *, resume: bool, overwrite: bool):
+def _prepare_folder(config: Config, out_dir, *, resume: bool, overwrite: bool,
+                    held: contextlib.ExitStack):
+    """Check ``out_dir`` and hold it for this run (``runs.locked``, until ``held`` closes).
+    Returns (out_dir or None where this process writes nothing, whether the run in it is to
+    be replaced: ``overwrite`` clears it only once the new run has started)."""
     if jax.process_count() > 1:
         # Many hosts: every process trains; only the first writes records, and checkpoints
         # (which would need every process to write its shards) are not supported yet.
         if resume or config.checkpoint_every:
             raise ConfigError("--resume and --checkpoint-every are not supported with several processes")
         if jax.process_index() != 0:
-            return None
+            return None, False
     if out_dir is None:
-        return None
+        return None, False
     files = runs.RunFiles.under(out_dir)
     if resume:
         done = checkpoint.latest_step(files.checkpoints)  # one-line RecordError if unreadable
-        if done >= config.steps:
+        if done >= config.steps and _records_complete(files.summary, config.steps):
             raise AlreadyComplete(f"{out_dir} already ran all {config.steps} steps; nothing to do")
-    elif runs.holds_a_run(out_dir):
-        if not overwrite:
-            raise records.RecordError(f"{out_dir} already holds a run; continue it with --resume "
-                                      f"{out_dir}, or replace it with --overwrite")
-        runs.clear_run(out_dir)
     records.check_writable(out_dir, min_free_bytes=_output_bytes(config))
-    return out_dir
+    held.enter_context(runs.locked(out_dir))
+    replace = not resume and runs.holds_a_run(out_dir)
+    if replace and not overwrite:
+        raise records.RecordError(f"{out_dir} already holds a run; continue it with --resume "
+                                  f"{out_dir}, or replace it with --overwrite")
+    return out_dir, replace
+
+
+def _records_complete(summary_path, steps: int) -> bool:
+    """Whether a run's records were all written after its last step: summary.json, written
+    last, says so. A run stopped between its final checkpoint and that write is not."""
+    try:
+        with open(summary_path, encoding="utf-8") as f:
+            summary = json.load(f)
+        return summary.get("status") == "complete" and summary.get("steps") == steps
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class _Programs(NamedTuple):
@@ -333,6 +362,9 @@ def write_records(out_dir, config: Config, outcome: _Outcome, dataset: data.Data
     wrong = None
     if outcome.predicted is not None:  # a single model, scored by its last evaluation
         wrong = train.pick_misclassified(outcome.predicted, dataset.test_images, dataset.test_labels)
+    elif not config.is_ensemble:  # a resume that only completes the records: no evaluation ran
+        wrong = train.misclassified(outcome.state, dataset.test_images, dataset.test_labels)
+    if wrong is not None:
         records.atomic_save_npz(files.misclassified, wrong)
     labels = [f"seed {s}, lr {lr:g}" for s, lr in config.members] if config.is_ensemble else None
     figures = plot.plot_history(outcome.history, out_dir, misclassified=wrong, members=labels)
@@ -406,12 +438,12 @@ def _output_bytes(config: Config) -> int:
 @contextlib.contextmanager
 def _signals():
     """Turn SIGINT/SIGTERM into a flag checked at phase and chunk boundaries (main thread
-    only); a second signal stops at once (``KeyboardInterrupt``)."""
+    only); a second signal stops at once (``StoppedAtOnce``)."""
     stop = types.SimpleNamespace(signum=None)
 
     def handler(signum, _frame):
         if stop.signum is not None:
-            raise KeyboardInterrupt
+            raise StoppedAtOnce(signum)
         stop.signum = signum
 
     if threading.current_thread() is not threading.main_thread():

@@ -135,10 +135,25 @@ def holds_a_run(run_dir: str | os.PathLike) -> bool:
     return any(os.path.lexists(p) for p in astuple(RunFiles.under(run_dir)))
 
 
+def is_run_folder(run_dir: str | os.PathLike) -> bool:
+    """Whether ``run_dir`` holds a training run's own files (config, history, summary or
+    checkpoints), not only figures (``scripts/plot.py`` writes those anywhere)."""
+    paths = RunFiles.under(run_dir)
+    return any(os.path.lexists(p) for p in (paths.config, paths.history, paths.summary,
+                                            paths.checkpoints))
+
+
+def comparison_dashboards(run_dir: str | os.PathLike) -> list[Path]:
+    """The per-run dashboards (``RunFiles.dashboards``) a comparison left in ``run_dir``."""
+    stem, suffix = os.path.splitext(FILES.dashboard_png)
+    return sorted(Path(run_dir).glob(f"{stem}-*{suffix}")) if Path(run_dir).is_dir() else []
+
+
 def clear_run(run_dir: str | os.PathLike) -> None:
-    """Delete every file and folder a run writes in ``run_dir`` (and writers' leftovers);
-    anything else the user keeps there stays."""
-    for p in astuple(RunFiles.under(run_dir)):
+    """Delete every file and folder a run writes in ``run_dir``, the dashboards of a
+    comparison drawn there, and writers' leftovers; anything else the user keeps there
+    stays."""
+    for p in [*astuple(RunFiles.under(run_dir)), *comparison_dashboards(run_dir)]:
         if os.path.isdir(p) and not os.path.islink(p):
             shutil.rmtree(p)
         elif os.path.lexists(p):
@@ -146,11 +161,38 @@ def clear_run(run_dir: str | os.PathLike) -> None:
     remove_stale_temp_files(run_dir)
 
 
+@contextlib.contextmanager
+def locked(run_dir: str | os.PathLike):
+    """Hold ``run_dir`` (an existing folder) for one run: a second process that tries
+    while the first holds it gets a one-line ``RecordError``. An advisory ``flock`` on
+    the folder itself: no file is left behind, and the kernel lets go when the process
+    ends, however it ends. Where folders cannot be locked (no ``fcntl``, some network
+    filesystems) it holds nothing."""
+    try:
+        import fcntl
+        fd = os.open(run_dir, os.O_RDONLY)
+    except (ImportError, OSError):
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecordError(f"{run_dir} is in use by another jaxmlp run; wait for it to end, "
+                              f"or choose another folder") from None
+        except OSError:  # this filesystem does not lock folders
+            pass
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def read_config(run_dir: str | os.PathLike) -> dict:
     """The ``config.json`` of a run folder as a dict; one-line ``RecordError`` otherwise."""
     path = RunFiles.under(run_dir).config
     if not Path(run_dir).is_dir():
-        raise RecordError(f"run folder {run_dir} does not exist")
+        raise RecordError(f"run folder {run_dir} " + ("is not a folder" if os.path.lexists(run_dir)
+                                                       else "does not exist"))
     if not path.is_file():
         raise RecordError(f"{run_dir} is not a jaxmlp run folder: it has no {FILES.config}")
     try:
@@ -176,16 +218,20 @@ def new_run_dir(root: str | os.PathLike, dataset: str) -> str:
 
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    for n in range(1000):
-        run = root / (f"{stamp}-{dataset}" + (f"-{n}" if n else ""))
-        try:
-            run.mkdir()
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise RecordError(f"cannot find a free run folder name under {root}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        for n in range(1000):
+            run = root / (f"{stamp}-{dataset}" + (f"-{n}" if n else ""))
+            try:
+                run.mkdir()
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise RecordError(f"cannot find a free run folder name under {root}")
+    except OSError as e:  # e.g. 'runs' is a file, or the working folder is read-only
+        raise RecordError(one_line(f"cannot make a run folder under {os.path.abspath(root)}: "
+                                   f"{e.strerror or e}; choose one with --out DIR")) from e
     _point_latest(root, run.name)
     return os.fspath(run)
 

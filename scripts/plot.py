@@ -5,8 +5,9 @@
 
 One run gets accuracy.png, cross_entropy.png and dashboard.png. Several runs
 get accuracy.png and cross_entropy.png overlaid (labelled by directory name)
-and one dashboard-<name>.png each; --out is required then, so that no run's
-own figures are overwritten by a comparison.
+and one dashboard-<name>.png each (replacing those of an earlier comparison there);
+--out is required then. An --out that holds another training run is refused, so that
+no run's own figures are overwritten.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jaxmlp import plot, records
-from jaxmlp.runs import RunFiles, load_run, run_labels
+from jaxmlp.runs import RunFiles, comparison_dashboards, is_run_folder, load_run, run_labels
 
 
 def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None) -> list[Path]:
@@ -33,9 +34,17 @@ def plot_runs(run_dirs: Sequence[str | os.PathLike], out_dir: str | os.PathLike 
     run_dirs = list(run_dirs)
     if out_dir is None and len(run_dirs) > 1:
         raise ValueError("--out DIR is required when plotting several runs")
+    own = len(run_dirs) == 1 and (out_dir is None or os.path.realpath(out_dir) ==
+                                  os.path.realpath(run_dirs[0]))
     out_dir = run_dirs[0] if out_dir is None else out_dir
+    if not own and is_run_folder(out_dir):  # its figures would no longer be its own
+        raise records.RecordError(f"{out_dir} holds a training run of its own; "
+                                  f"draw into another folder")
     loaded = [load_run(d) for d in run_dirs]
     out = records.check_writable(out_dir, min_free_bytes=16 * 2**20)
+    if len(run_dirs) > 1:  # an earlier comparison's dashboards would mix with this one's
+        for stale in comparison_dashboards(out):
+            stale.unlink()
     labels = run_labels(run_dirs)
     if len(run_dirs) == 1:
         _, history, wrong = loaded[0]

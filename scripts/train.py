@@ -15,7 +15,28 @@ _STARTED = time.perf_counter()  # before the heavy imports: startup time counts
 import argparse
 import dataclasses
 import os
+import signal
 import sys
+import threading
+
+
+class _Stopped(BaseException):
+    """SIGINT or SIGTERM before the run's own handlers took over (imports, start-up)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, _frame):
+    raise _Stopped(signum)
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_PHASE = ["start-up"]  # what a _Stopped interrupted: start-up, run (its edges), done
+if __name__ == "__main__":  # from the first import on: one line, never a traceback
+    for _s in _SIGNALS:
+        signal.signal(_s, _stop)
 
 from jaxmlp.config import PRESETS, Config, help_text
 
@@ -67,12 +88,40 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _how_to_go_on(out) -> str:
+    """After a stop at once: resume from the last checkpoint, if one was saved."""
+    from jaxmlp import checkpoint, records, runs
+
+    try:
+        step = checkpoint.latest_step(os.fspath(runs.RunFiles.under(out).checkpoints))
+    except records.RecordError:
+        return f"no checkpoint was saved; start again with --out {out} --overwrite"
+    return f"continue from the checkpoint at step {step} with --resume {out}"
+
+
 def _show(v):
     return ",".join(map(str, v)) if isinstance(v, tuple) else v
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    here = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, _stop) for s in _SIGNALS} if here else {}
+    _PHASE[0] = "start-up"
+    try:
+        return _main(args)
+    except _Stopped as e:  # outside the run's own handlers: before, between or after its phases
+        print({"start-up": "stopped during start-up: nothing was trained and nothing written",
+               "run": "stopped at once",
+               "done": "stopped after the run had ended; its records are complete"}[_PHASE[0]],
+              file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _main(args) -> int:
     fields = {f.name for f in dataclasses.fields(Config)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     from jaxmlp import records, runs  # no JAX: flags are checked before paying for it
@@ -87,7 +136,7 @@ def main(argv=None) -> int:
             config, out = resumed(saved, **given), args.resume
         else:
             config = Config.from_preset(args.preset or "relu", **given)
-            out = args.out or runs.new_run_dir("runs", config.dataset)
+            out = args.out  # None: a new runs/<UTC time> folder, made just before the run
     except (ConfigError, records.RecordError) as e:  # bad flags or an unreadable run: no work done
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -111,14 +160,19 @@ def main(argv=None) -> int:
     devices = eval_device = None
     if made and beside and jax.default_backend() == "cpu":  # train on one, score on the other
         devices, eval_device = jax.devices()[:1], jax.devices()[1]
+    new_folder = out is None
     try:
         try:
+            if new_folder:
+                out = runs.new_run_dir("runs", config.dataset)
+            _PHASE[0] = "run"
             result = run.train_and_evaluate(config, out_dir=out, resume=bool(args.resume),
                                             overwrite=args.overwrite, quiet=args.quiet,
                                             devices=devices, eval_device=eval_device,
                                             started=_STARTED)
+            _PHASE[0] = "done"
         finally:
-            if not (args.out or args.resume):  # a folder made for this run that got nothing
+            if new_folder and out is not None:  # a folder made for this run that got nothing
                 runs.discard_if_empty(out)
     except run.AlreadyComplete as e:
         print(str(e), file=sys.stderr)
@@ -126,10 +180,9 @@ def main(argv=None) -> int:
     except run.Interrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
-    except KeyboardInterrupt:
-        print("stopped at once by a second signal; resume from the last checkpoint with "
-              f"--resume {out}", file=sys.stderr)
-        return 130
+    except run.StoppedAtOnce as e:
+        print(f"stopped at once by a second signal; {_how_to_go_on(out)}", file=sys.stderr)
+        return 128 + e.signum
     except run.Diverged as e:  # an ensemble's members each get their warning line first
         if e.summary is not None and len(e.summary["members"]) > 1:
             for line in run.final_lines(e.summary, out):

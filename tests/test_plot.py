@@ -16,7 +16,7 @@ import pytest
 
 from conftest import ROOT, child_env, synthetic_history
 from jaxmlp import history as hist
-from jaxmlp import plot, records
+from jaxmlp import plot, records, runs
 from jaxmlp.runs import RunFiles
 
 
@@ -250,6 +250,31 @@ def test_script_overlays_several_runs_into_out(tmp_path, capsys):
     # The runs' own directories are left alone.
     assert sorted(os.listdir(a)) == ["history.npz", "misclassified.npz", "summary.json"]
     assert sorted(os.listdir(b)) == ["history.npz", "summary.json"]
+
+
+def test_figures_never_land_in_another_runs_folder_nor_mix_with_an_older_comparison(tmp_path, capsys):
+    """Catches: ``--out`` into another training run's folder (its figures replaced by this
+    run's, beside its own summary and history), a comparison that leaves the dashboards of
+    the runs an earlier comparison drew there, and ``clear_run`` (``--overwrite``) that
+    leaves comparison dashboards in the folder of the run that replaces them."""
+    a = save_run(tmp_path / "a", synthetic_history(seed=0))
+    b = save_run(tmp_path / "b", synthetic_history(seed=1))
+    c = save_run(tmp_path / "c", synthetic_history(seed=2))
+    before = {p.name: p.read_bytes() for p in b.iterdir()}
+    for argv in ([str(a), "--out", str(b)], [str(a), str(c), "--out", str(b)]):
+        assert _script_main()(argv) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == f"plot.py: error: {b} holds a training run of its own; draw into another folder"
+        assert {p.name: p.read_bytes() for p in b.iterdir()} == before
+    out = tmp_path / "compare"
+    assert _script_main()([str(a), str(b), "--out", str(out)]) == 0
+    assert _script_main()([str(b), str(c), "--out", str(out)]) == 0
+    assert sorted(os.listdir(out)) == ["accuracy.png", "cross_entropy.png",
+                                       "dashboard-b.png", "dashboard-c.png"]
+    assert _script_main()([str(a), "--out", str(a)]) == 0  # a run's own folder, named twice
+    (out / "notes.txt").write_text("mine")
+    runs.clear_run(out)
+    assert os.listdir(out) == ["notes.txt"]
 
 
 def test_script_fails_in_one_line_without_a_history(tmp_path):

@@ -250,6 +250,7 @@ _BAD_RUN_FOLDERS = {
     "not a run folder": (lambda d: (shutil.rmtree(d), d.mkdir(), (d / "notes.txt").write_text("x")),
                          "not a jaxmlp run folder"),
     "no such folder": (lambda d: shutil.rmtree(d), "does not exist"),
+    "a file": (lambda d: (shutil.rmtree(d), d.write_text("x")), "is not a folder"),
 }
 
 
@@ -437,6 +438,7 @@ _DRIVER = textwrap.dedent("""
             return draw(*args, **kwargs)
 
         plot.plot_history = plot_history
+    {extra}
     sys.argv = [{train!r}, *{argv!r}]
     runpy.run_path({train!r}, run_name="__main__")
 """)
@@ -448,9 +450,11 @@ def compile_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("xla-cache"))
 
 
-def _driver(argv, *, load_seconds=0.0, signal_while_writing=False) -> list[str]:
+def _driver(argv, *, load_seconds=0.0, signal_while_writing=False, extra="") -> list[str]:
+    """The child's code: ``extra`` (code, dedented) runs just before the script."""
     code = _DRIVER.format(tests=str(ROOT / "tests"), train=TRAIN, argv=list(map(str, argv)),
-                          load_seconds=load_seconds, signal_while_writing=signal_while_writing)
+                          load_seconds=load_seconds, signal_while_writing=signal_while_writing,
+                          extra=textwrap.dedent(extra))
     return [sys.executable, "-u", "-c", code]
 
 
@@ -494,6 +498,177 @@ def test_sigint_during_the_final_writes_finishes_them(tmp_path, compile_cache):
         assert h["train_loss"].shape == (120,) and np.all(np.isfinite(h["train_loss"]))
         assert summary["final_test_accuracy"] == pytest.approx(float(h["test_accuracy"][-1]))
     assert sorted(os.listdir(out / "checkpoints")) == ["120"]
+
+
+_PAUSE_AT_STARTUP = """
+    from jaxmlp import parallel
+    use = parallel.use_cpu_devices
+
+    def use_cpu_devices(n):  # after JAX's import, before the run's own signal handlers
+        print("STARTING", flush=True)
+        time.sleep(3)
+        return use(n)
+
+    parallel.use_cpu_devices = use_cpu_devices
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_the_run_starts_leaves_no_folder_and_one_line(tmp_path, signum, compile_cache):
+    """A default run (no --out) signalled after JAX's import, before the run's own
+    handlers. Catches: the run folder made before the imports and left empty with
+    'latest' moved onto it (a later --resume runs/latest then fails), a KeyboardInterrupt
+    traceback, and SIGTERM's default action (the process killed, nothing cleaned up)."""
+    older = tmp_path / "runs" / "20200101-000000-mnist"
+    older.mkdir(parents=True)
+    (older / "history.npz").write_bytes(b"an older run")
+    os.symlink(older.name, tmp_path / "runs" / "latest")
+    argv = [a for a in _child_argv(compile_cache) if a]
+    proc = subprocess.Popen(_driver(argv, extra=_PAUSE_AT_STARTUP), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=child_env(), cwd=tmp_path)
+    assert proc.stdout.readline().strip() == "STARTING"
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signum, stdout + stderr
+    assert _error_line(stderr) == "stopped during start-up: nothing was trained and nothing written"
+    assert sorted(os.listdir(tmp_path / "runs")) == ["20200101-000000-mnist", "latest"]
+    assert os.readlink(tmp_path / "runs" / "latest") == "20200101-000000-mnist"
+
+
+_TWO_SIGNALS_AT = """
+    from jaxmlp import report
+    chunk = report.Reporter.chunk
+
+    def two_signals(self, step, *args, **kwargs):  # the second stops the run at once
+        chunk(self, step, *args, **kwargs)
+        if step == {step}:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+
+    report.Reporter.chunk = two_signals
+"""
+
+
+@pytest.mark.parametrize("checkpoint_every, at, says", [
+    (0, 40, "no checkpoint was saved; start again with --out {out} --overwrite"),
+    (20, 60, "continue from the checkpoint at step 40 with --resume {out}")])
+def test_a_second_signal_stops_at_once_and_says_what_can_be_resumed(
+        tmp_path, checkpoint_every, at, says, compile_cache):
+    """SIGINT then SIGTERM at one chunk. Catches: a message that promises a resume when no
+    checkpoint was saved (the folder then holds only config.json, which --resume refuses),
+    a resume hint that names no step, and an exit status that ignores the second signal
+    (143 for SIGTERM)."""
+    out = tmp_path / "run"
+    argv = _child_argv(compile_cache, out=out, checkpoint_every=checkpoint_every)
+    proc = subprocess.run(_driver(argv, extra=_TWO_SIGNALS_AT.format(step=at)), capture_output=True,
+                          text=True, timeout=300, env=child_env())
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "stopped at once by a second signal; " + says.format(out=out)
+    if checkpoint_every:  # and the resume it names works from there
+        proc = subprocess.run(_driver([*_child_argv(compile_cache), "--resume", str(out), "--quiet"]),
+                              capture_output=True, text=True, timeout=300, env=child_env())
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["resumed_from_step"] == 40 and summary["steps"] == 120
+
+
+def test_overwrite_replaces_the_old_run_only_once_the_new_one_has_started(
+        finished_run, tmp_path, capsys, script, synthetic_data):
+    """--overwrite with a batch larger than the data (found after the data loads). Catches:
+    the old run deleted first, so a new run that then fails its checks leaves nothing."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir, symlinks=True)
+    before = _snapshot(run_dir)
+    assert script.main(_argv("--overwrite", "--quiet", batch_size=5000, out=run_dir)) == 1
+    assert _error_line(capsys.readouterr().err) == \
+        "error: batch_size 5000 exceeds the 1000 training examples"
+    assert _snapshot(run_dir) == before
+
+
+def test_overwrite_stopped_during_start_up_leaves_the_old_run(finished_run, tmp_path, compile_cache):
+    """The same, stopped by SIGINT while the data loads: the message says the old run is
+    as it was, and it is."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir, symlinks=True)
+    before = _snapshot(run_dir)
+    proc = subprocess.Popen(_driver([*_child_argv(compile_cache, out=run_dir), "--overwrite"],
+                                    load_seconds=2),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env())
+    assert proc.stdout.readline().strip() == "LOADING DATA"
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stdout + stderr
+    assert _error_line(stderr) == ("interrupted during start-up: nothing was trained and nothing "
+                                   f"written; the run in {run_dir} is as it was")
+    assert _snapshot(run_dir) == before
+
+
+def test_a_folder_in_use_by_another_run_is_refused(finished_run, tmp_path, capsys, script, monkeypatch):
+    """A run (new, --overwrite or --resume) into a folder another run holds. Catches: two
+    processes writing one folder (each checked it once, at its start, and found it free)."""
+    from jaxmlp import runs
+
+    monkeypatch.setattr(data, "load", lambda *a, **k: pytest.fail("data loaded for a refused folder"))
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir, symlinks=True)
+    shutil.rmtree(run_dir / "checkpoints" / "120")  # resumable
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder, extra in ((empty, ["--out", str(empty)]), (run_dir, ["--out", str(run_dir), "--overwrite"]),
+                          (run_dir, ["--resume", str(run_dir)])):
+        before = _snapshot(folder)
+        with runs.locked(folder):
+            argv = extra if extra[0] == "--resume" else _argv("--quiet", *extra)
+            assert script.main([*argv, "--compile-cache", ""]) == 1
+        assert _error_line(capsys.readouterr().err) == \
+            f"error: {folder} is in use by another jaxmlp run; wait for it to end, or choose another folder"
+        assert _snapshot(folder) == before
+
+
+def test_a_runs_folder_that_cannot_be_made_fails_in_one_line(tmp_path, capsys, script, monkeypatch):
+    """'runs' is a file. Catches: a FileExistsError traceback."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").write_text("not a folder")
+    assert script.main(_argv("--quiet")) == 1
+    line = _error_line(capsys.readouterr().err)
+    assert line.startswith(f"error: cannot make a run folder under {tmp_path / 'runs'}: ")
+    assert line.endswith("; choose one with --out DIR")
+
+
+def test_a_resume_that_finds_the_last_records_unwritten_writes_them(finished_run, tmp_path, capsys,
+                                                                    script, synthetic_data):
+    """The process ended after its final checkpoint, before summary.json (which is written
+    last): the summary still says 'interrupted at 80' and misclassified.npz and a figure are
+    missing. Catches: a resume that says 'already ran all 120 steps; nothing to do' and
+    leaves those records stale for good."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir, symlinks=True)
+    good = json.loads((run_dir / "summary.json").read_text())
+    with np.load(finished_run / "misclassified.npz") as f:
+        wrong = dict(f)
+    stale = {**good, "status": "interrupted", "steps": 80}
+    (run_dir / "summary.json").write_text(json.dumps(stale))
+    (run_dir / "misclassified.npz").unlink()
+    (run_dir / "dashboard.png").unlink()
+    assert script.main(["--resume", str(run_dir), "--compile-cache", "", "--quiet"]) == 0, \
+        capsys.readouterr().err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["steps"] == 120
+    assert summary["resumed_from_step"] == 120 and summary["steps_this_process"] == 0
+    assert summary["final_test_accuracy"] == good["final_test_accuracy"]
+    with np.load(run_dir / "misclassified.npz") as f:
+        for k, v in wrong.items():
+            np.testing.assert_array_equal(f[k], v)
+    assert (run_dir / "dashboard.png").is_file()
+    assert sorted(os.listdir(run_dir / "checkpoints")) == ["120", "40", "80"]
+    # Now complete: a further resume changes nothing.
+    before = _snapshot(run_dir)
+    assert script.main(["--resume", str(run_dir), "--compile-cache", ""]) == 0
+    assert "already ran all 120 steps" in capsys.readouterr().err
+    assert _snapshot(run_dir) == before
 
 
 def test_default_out_makes_a_new_run_folder_and_points_latest_to_it(tmp_path, compile_cache):
