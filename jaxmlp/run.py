@@ -131,6 +131,8 @@ def train_and_evaluate(config: Config, *, out_dir: str | None = None,
         try:
             if resume:
                 state, history = placement.put_state(checkpoint.restore(mngr(), state, history))
+                if out_dir is not None:  # what --resume may change (RESUMABLE) holds from now on
+                    records.atomic_write_json(runs.RunFiles.under(out_dir).config, config.to_dict())
             else:
                 # Step 0 (``record`` donates its first argument, so it gets a copy).
                 history, _ = progs.record(loop.copy_tree(state), state, history, progs.no_metrics)

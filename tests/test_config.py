@@ -2,7 +2,7 @@
 
 import pytest
 
-from jaxmlp.config import Config, ConfigError
+from jaxmlp.config import Config, ConfigError, resumed
 
 
 def test_defaults_are_the_original_experiment():
@@ -66,3 +66,21 @@ def test_invalid_ladder_values_fail_with_one_line(changes, fragment):
     with pytest.raises(ConfigError) as e:
         Config(**changes)
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("field, value", [("data_dir", "/elsewhere"), ("manual_dir", "/files"),
+                                          ("log_every", 200), ("checkpoint_every", 500)])
+def test_resume_may_change_where_the_data_lives_and_how_often_to_report_or_save(field, value):
+    """The README's four flags. Catches one of them dropped from ``RESUMABLE`` (a user whose
+    data moved could no longer resume)."""
+    saved = Config(steps=1000, eval_every=100, log_every=100)
+    assert getattr(resumed(saved, **{field: value}), field) == value
+
+
+@pytest.mark.parametrize("field, value", [("steps", 2000), ("learning_rate", 0.1), ("seeds", (1, 2)),
+                                          ("eval_batch_size", 100), ("batch_size", 50)])
+def test_resume_refuses_what_defines_the_run(field, value):
+    saved = Config(steps=1000, eval_every=100, log_every=100)
+    with pytest.raises(ConfigError, match="drop --" + field.replace("_", "-")):
+        resumed(saved, **{field: value})
+    assert resumed(saved, **{field: getattr(saved, field)}) == saved  # the same value is fine

@@ -218,8 +218,9 @@ def test_required_keys_come_from_the_schema():
 
 
 def test_history_and_plot_import_without_jax():
-    code = ("import sys, jaxmlp.history, jaxmlp.plot; "
+    """And ``jaxmlp.config``: scripts check their flags before paying for JAX."""
+    code = ("import sys, jaxmlp.config, jaxmlp.history, jaxmlp.plot; "
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'jaxlib', 'flax', 'optax'}))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env=child_env(), timeout=120)
-    assert done.stdout.strip() == "[]", "importing jaxmlp.history or jaxmlp.plot pulled in " + done.stdout
+    assert done.stdout.strip() == "[]", "importing jaxmlp.config, .history or .plot pulled in " + done.stdout

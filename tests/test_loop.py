@@ -1,6 +1,8 @@
 """The loop level: train metrics before or after the update, learning-rate sweeps with a
 schedule, shared batches for one-seed sweeps, and the divergence guard."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,6 +119,24 @@ def test_shared_batches_equal_repeated_orders_and_single_runs():
         np.testing.assert_allclose(ms["loss"][i, :5], m1["loss"][:5], rtol=1e-5)
         for a, b in zip(_leaves(shared.params, i), _leaves(s1.params)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_shared_batches_gather_each_batch_once_for_every_member():
+    """The program gathers one (B, 28, 28) batch of images per step, not one per member.
+    Catches a shared path that broadcasts the order and gathers K copies (the same numbers,
+    so the test above cannot tell)."""
+    data = _device_data()
+    state, _, orders = loop.init_run(SWEEP, 1000)
+    k, b = len(SWEEP.members), SWEEP.batch_size
+    image = "x".join(map(str, data.train_images.shape[1:]))
+
+    def gathers(orders, shared):
+        text = jax.jit(loop._run_steps, static_argnames=loop._RUN_STATIC).lower(
+            state, data, orders, num_steps=3, batch_size=b, shared_batches=shared).as_text()
+        return re.findall(rf"gather.*-> tensor<([0-9x]*)x{image}xui8>", text)
+
+    assert gathers(orders, True) == [f"{b}"]
+    assert gathers(jnp.broadcast_to(orders, (k, *orders.shape)), False) == [f"{k}x{b}"]
 
 
 # The divergence guard --------------------------------------------------------------------

@@ -4,6 +4,7 @@ ensembles, the divergence guard, interrupt-and-resume and the run record.
 Each test names, in its docstring or a comment, the wrong-but-plausible
 implementation it exists to catch."""
 
+import collections
 import contextlib
 import json
 import os
@@ -255,6 +256,7 @@ def test_summary_holds_every_field(tmp_path):
     assert Config.from_dict(s["config"]) == c
     assert Config.from_dict(json.loads((tmp_path / "config.json").read_text())) == c
     assert s["status"] == "complete" and s["steps"] == 120
+    assert (s["data"]["train_split"], s["data"]["test_split"]) == (c.train_split, c.test_split)
     assert s["resumed_from_step"] == 0 and s["steps_this_process"] == 120
     assert s["members"] == [{"seed": 0, "learning_rate": 0.3, "status": "complete",
                              "first_nonfinite_step": None,
@@ -410,6 +412,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, signum, compile_
     summary = json.loads(open(os.path.join(stopped, "summary.json")).read())
     assert summary["resumed_from_step"] == at and summary["steps_this_process"] == 1000 - at
     assert summary["status"] == "complete" and summary["steps"] == 1000
+    # Five checkpoints were saved (every 200 steps); the last 3 are kept.
+    assert sorted(n for n in os.listdir(os.path.join(whole, "checkpoints")) if n.isdigit()) == \
+        ["1000", "600", "800"]
     with np.load(os.path.join(stopped, "history.npz")) as a, np.load(os.path.join(whole, "history.npz")) as b:
         assert a.files == b.files
         for k in a.files:
@@ -432,3 +437,54 @@ def test_unwritable_out_fails_before_any_data_or_training(tmp_path, monkeypatch)
     with pytest.raises(run.records.RecordError):
         run.train_and_evaluate(Config(**SMALL), out_dir=str(blocker / "run"), quiet=True)
     assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("changes", [{"checkpoint_every": 40}, {"resume": True}])
+def test_checkpoints_and_resume_are_refused_across_processes(changes, tmp_path, monkeypatch):
+    """The README: checkpoints and --resume are single-process for now. Catches a
+    multi-process run that saves (each process would need to write its own shards) or
+    resumes anyway; the refusal comes before anything is written."""
+    resume = changes.pop("resume", False)
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(run.ConfigError, match="not supported with several processes"):
+        run.train_and_evaluate(Config(**SMALL, **changes), dataset=DATA, out_dir=str(tmp_path / "out"),
+                               resume=resume, quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_next_chunk_is_dispatched_before_the_host_waits_for_the_scores(monkeypatch):
+    """The README: between chunks the host dispatches the next chunk before it waits for
+    the last one's scores. ``_run`` with programs that log their calls. Catches a loop
+    that waits for each chunk's scores before it starts the next (training would then
+    idle through every evaluation)."""
+    c = Config(**SMALL)
+    log = []
+    State = collections.namedtuple("State", "step")
+
+    def train_chunk(state):
+        log.append(("train", state.step))
+        return State(state.step + c.eval_every), {"chunk": state.step}
+
+    def record(start, end, history, metrics):
+        log.append(("record", end.step))
+        report = {"step": np.int32(end.step), "alive": np.bool_(True), "test_accuracy": 0.5,
+                  "test_loss": 1.0, "train_loss": 1.0, "train_accuracy": 0.5,
+                  "weight_percentiles": None, "bias_percentiles": None}
+        return history, report
+
+    progs = run._Programs(train=train_chunk, guard=lambda start, end, metrics: end, record=record,
+                          no_metrics={}, beside=False)
+    monkeypatch.setattr(run.jax, "block_until_ready", lambda x: log.append(("wait", x)) or x)
+    monkeypatch.setattr(run.jax, "device_get", lambda x: x)
+    monkeypatch.setattr(run.hist, "truncate", lambda history, step: history)
+    stop = type("Stop", (), {"signum": None})()
+    run._run(c, State(0), {}, progs, None, Reporter(quiet=True), stop, 1000)
+    calls = [(name, int(arg["step"]) if name == "wait" and "step" in arg else
+              ("chunk", arg["chunk"]) if name == "wait" else arg) for name, arg in log if arg is not None]
+    # Per chunk ending at s: its scores are requested, the chunk after it is dispatched,
+    # and only then does the host wait (for the scores of s).
+    for s in range(20, 100, 20):
+        i = calls.index(("record", s))
+        assert calls[i + 1] == ("train", s), calls[i:i + 3]
+        assert calls[i + 2][0] == "wait" and calls.index(("wait", s)) > i + 1, calls[i:i + 4]
+    assert ("train", 120) not in calls  # none past the last step

@@ -567,12 +567,16 @@ def test_a_second_signal_stops_at_once_and_says_what_can_be_resumed(
     assert proc.returncode == 128 + signal.SIGTERM, proc.stdout + proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == \
         "stopped at once by a second signal; " + says.format(out=out)
-    if checkpoint_every:  # and the resume it names works from there
-        proc = subprocess.run(_driver([*_child_argv(compile_cache), "--resume", str(out), "--quiet"]),
+    if checkpoint_every:  # and the resume it names works from there, saving every 40 from now on
+        proc = subprocess.run(_driver([*_child_argv(compile_cache), "--resume", str(out), "--quiet",
+                                       "--checkpoint-every", "40"]),
                               capture_output=True, text=True, timeout=300, env=child_env())
         assert proc.returncode == 0, proc.stdout + proc.stderr
         summary = json.loads((out / "summary.json").read_text())
         assert summary["resumed_from_step"] == 40 and summary["steps"] == 120
+        assert sorted(os.listdir(out / "checkpoints")) == ["120", "40", "80"]
+        # config.json says so too, so that a later --resume keeps the new interval.
+        assert json.loads((out / "config.json").read_text())["checkpoint_every"] == 40
 
 
 def test_overwrite_replaces_the_old_run_only_once_the_new_one_has_started(

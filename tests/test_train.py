@@ -160,6 +160,7 @@ def test_each_epoch_visits_every_example_once():
                                for i in range(steps_per_epoch)])
         assert len(np.unique(seen)) == len(seen) == steps_per_epoch * b
     assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
+    assert not np.array_equal(orders[0], np.arange(n))  # the first too (not in file order)
 
 
 def test_run_steps_equals_step_by_step():
