@@ -148,3 +148,34 @@ def test_ladder_script_rejects_bad_flags_in_one_line_before_any_work(tmp_path, f
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and fragment in lines[0], proc.stderr
     assert not out.exists()
+
+
+_LADDER_DRIVER = """
+import runpy, sys
+sys.path.insert(0, {tests!r})
+from conftest import synthetic
+from jaxmlp import data
+data.load = lambda *args, **kwargs: synthetic()
+sys.argv = [{script!r}, *{argv!r}]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+def test_ladder_script_gives_each_rungs_ensemble_a_cpu_device_per_core(tmp_path):
+    """scripts/ladder.py in a fresh process (JAX not started yet, as for a user): 2 seeds
+    on as many CPU devices as there are cores that divide 2. Catches the split never
+    applied (the test above runs after JAX started in this process, so it cannot)."""
+    from jaxmlp import parallel
+
+    out = tmp_path / "ladder"
+    argv = ["--seeds", "2", "--presets", "relu", "--steps", "40", "--eval-every", "20",
+            "--log-every", "20", "--quiet", "--out", str(out)]
+    code = _LADDER_DRIVER.format(tests=str(ROOT / "tests"), script=SCRIPT, argv=argv)
+    env = {k: v for k, v in child_env().items() if k != "XLA_FLAGS"}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    devices = parallel.split_count(2, parallel.usable_cores())
+    placement = json.loads((out / "relu" / "summary.json").read_text())["placement"]
+    assert placement == {"mode": "model" if devices > 1 else "single", "num_devices": devices,
+                         "eval_beside": False}
