@@ -154,6 +154,17 @@ def test_overlaid_runs_are_in_the_legend_with_their_final_accuracy():
     assert {"C0", "C1"} <= colors
 
 
+@pytest.mark.parametrize("figure", [plot.accuracy_figure, plot.cross_entropy_figure])
+def test_train_curves_are_thin_per_step_and_test_curves_thick_per_evaluation(figure):
+    """The README's table: train per step (thin), test per evaluation (thick), in every
+    panel. Catches the two styles swapped, or the curves drawn at the wrong resolution."""
+    h = synthetic_history(steps=300, eval_every=50)
+    for ax in figure(h).get_axes():
+        lines = {len(line.get_xdata()): line.get_linewidth() for line in ax.get_lines()}
+        train, test = lines[300], lines[7]  # steps 1..300; evaluations at 0, 50, ..., 300
+        assert train < 1 < 2 < test, lines
+
+
 def test_ensemble_members_are_named_and_the_first_nonfinite_step_is_marked():
     fig = plot.accuracy_figure(synthetic_history(members=3), members=["s0", "s1", "s2"])
     texts = [t.get_text() for t in fig.get_axes()[0].get_legend().get_texts()]

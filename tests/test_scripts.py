@@ -450,12 +450,13 @@ def compile_cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("xla-cache"))
 
 
-def _driver(argv, *, load_seconds=0.0, signal_while_writing=False, extra="") -> list[str]:
-    """The child's code: ``extra`` (code, dedented) runs just before the script."""
+def _driver(argv, *, load_seconds=0.0, signal_while_writing=False, extra="",
+            unbuffered=True) -> list[str]:
+    """The child's command: ``extra`` (code, dedented) runs just before the script."""
     code = _DRIVER.format(tests=str(ROOT / "tests"), train=TRAIN, argv=list(map(str, argv)),
                           load_seconds=load_seconds, signal_while_writing=signal_while_writing,
                           extra=textwrap.dedent(extra))
-    return [sys.executable, "-u", "-c", code]
+    return [sys.executable, *(["-u"] if unbuffered else []), "-c", code]
 
 
 def _child_argv(cache, **flags):
@@ -673,6 +674,19 @@ def test_a_resume_that_finds_the_last_records_unwritten_writes_them(finished_run
     assert script.main(["--resume", str(run_dir), "--compile-cache", ""]) == 0
     assert "already ran all 120 steps" in capsys.readouterr().err
     assert _snapshot(run_dir) == before
+
+
+def test_what_the_script_prints_reaches_a_pipe(tmp_path, compile_cache):
+    """Without ``python -u``, stdout into a pipe is block-buffered. Catches a script that
+    ends with ``os._exit`` (skipping the interpreter's teardown) before flushing: the
+    progress and final lines would be lost."""
+    out = tmp_path / "run"
+    env = {k: v for k, v in child_env().items() if k != "PYTHONUNBUFFERED"}
+    proc = subprocess.run(_driver(_child_argv(compile_cache, out=out), unbuffered=False),
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = proc.stdout.splitlines()[-1]
+    assert last.startswith("final test accuracy ") and last.endswith(f"; records in {out}"), proc.stdout
 
 
 def test_default_out_makes_a_new_run_folder_and_points_latest_to_it(tmp_path, compile_cache):
