@@ -437,16 +437,24 @@ def _output_bytes(config: Config) -> int:
     return len(config.members) * (checkpoint.KEEP + 2) * per_model + 16 * 2**20
 
 
+SECOND_SIGNAL_AFTER = 1.0
+"""Seconds after the first signal before another one stops the run at once. One stop can
+arrive twice: GNU ``timeout`` signals the process and then its whole process group."""
+
+
 @contextlib.contextmanager
 def _signals():
     """Turn SIGINT/SIGTERM into a flag checked at phase and chunk boundaries (main thread
-    only); a second signal stops at once (``StoppedAtOnce``)."""
-    stop = types.SimpleNamespace(signum=None)
+    only); a second signal, ``SECOND_SIGNAL_AFTER`` seconds or more after the first, stops
+    at once (``StoppedAtOnce``)."""
+    stop = types.SimpleNamespace(signum=None, at=None)
 
     def handler(signum, _frame):
         if stop.signum is not None:
-            raise StoppedAtOnce(signum)
-        stop.signum = signum
+            if time.monotonic() - stop.at >= SECOND_SIGNAL_AFTER:
+                raise StoppedAtOnce(signum)
+            return  # the same stop, delivered twice
+        stop.signum, stop.at = signum, time.monotonic()
 
     if threading.current_thread() is not threading.main_thread():
         yield stop

@@ -289,7 +289,9 @@ def test_bad_config_stops_with_one_line():
 
 def test_committed_notebook_holds_a_full_run():
     """The copy in docs/ renders on code hosts: every code cell ran, in order, without errors,
-    at the seed's full schedule; the chart, the two figures and the ladder are images."""
+    at the seed's full schedule; the chart, the two figures and the ladder are images; and its
+    outputs are the run the README says it holds (dataset, steps; the ladder's rungs, seeds
+    and steps), so a notebook rerun shorter or with fewer seeds or rungs fails."""
     nb = read_notebook()
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert [c.execution_count for c in code] == list(range(1, len(code) + 1))
@@ -300,6 +302,29 @@ def test_committed_notebook_holds_a_full_run():
     assert images >= 5  # an example, the live chart, accuracy, cross-entropy, the ladder
     final = re.fullmatch(r"final test accuracy (0\.\d{4})\n", text_of(code[-1]))
     assert final and 0.8 < float(final.group(1)) < 1
+    # The README's "a full run on Fashion-MNIST (10,000 steps; ladder: 5 rungs × 4 seeds ×
+    # 10,000 steps)", read from the outputs: a shorter run or ladder, fewer seeds or rungs fail.
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        readme = re.sub(r"\s+", " ", f.read())
+    claim = re.search(r"The committed copy holds the outputs of a full run on Fashion-MNIST \(([\d,]+) "
+                      r"steps; ladder: (\d+) rungs × (\d+) seeds × ([\d,]+) steps\)", readme)
+    assert claim, "the README's sentence on the committed notebook changed shape"
+    steps, rungs, seeds, ladder_steps = (int(g.replace(",", "")) for g in claim.groups())
+    data_cell = next(c for c in code if "notebook.load(" in c.source)
+    assert text_of(data_cell).startswith("fashion_mnist ")
+    train_cell = next(c for c in code if "notebook.train(" in c.source)
+    assert re.search(rf"^final test accuracy {final.group(1)} after {steps} steps$", text_of(train_cell), re.M)
+    ladder_cell = next(c for c in code if "notebook.ladder(" in c.source)
+    out = text_of(ladder_cell)
+    assert out.startswith(f"{rungs} rungs x {seeds} seeds, {ladder_steps:,} steps each, on fashion_mnist\n")
+    lines = re.findall(r"^([\w-]+): best member \(seed \d+, lr [\d.e-]+\): final test accuracy "
+                       r"0\.\d{4} after (\d+) steps; ", out, re.M)
+    assert [name for name, _ in lines] == list(notebook.LADDER) and len(lines) == rungs, out
+    assert all(int(n) == ladder_steps for _, n in lines), out
+    table_cell = next(c for c in code if "notebook.ladder_table(" in c.source)
+    table = next(o.data["text/markdown"] for o in table_cell.outputs if "text/markdown" in o.get("data", {}))
+    members = re.findall(r"^\| ([\w-]+) \| (\d+)(?: \(\d+ diverged\))? \|", table, re.M)
+    assert members == [(name, str(seeds)) for name in notebook.LADDER], table
 
 
 def test_notebook_runs_short_on_learnable_data(tmp_path, kernel):

@@ -135,3 +135,134 @@ def test_readme_gpu_table_is_the_committed_benchmark():
             assert _row(text, label) == [f"{rows[variant]['steps_per_s']['median']:.0f}"], label
     _has(text, r"fused / host-fed per-step \*\*([\d.]+)×\*\*", f"{d['targets']['fused_vs_host_fed']['value']:.1f}")
     _has(text, r"model-steps/s, \*\*([\d.]+)×\*\* one model", f"{d['targets']['ensemble_vs_single']['value']:.1f}")
+
+
+def _flat(text: str) -> str:
+    """``text`` with every run of whitespace as one space: a reflowed paragraph reads the same."""
+    return re.sub(r"\s+", " ", text)
+
+
+def _pm(s: dict, digits: int) -> str:
+    """A ladder spread as ladder.md writes it: mean ± sample std."""
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
+
+
+def _ladder() -> dict:
+    """docs/ladder-fashion-mnist.json, its rungs in the ladder's order (the file's keys are sorted)."""
+    import json
+
+    d = json.loads((ROOT / "docs" / "ladder-fashion-mnist.json").read_text())
+    d["rungs"] = {name: d["rungs"][name] for name in d["presets"]}
+    return d
+
+
+def test_readme_ladder_table_is_the_committed_ladder():
+    """Every cell of the README's ladder table, the rungs in order, and the seeds, steps and
+    batch it states are read from docs/ladder-fashion-mnist.json, and the docs/*.md it links
+    is that JSON's own rendering. Catches a README table or ladder.md left with an earlier
+    ladder's figures after the JSON was rerun (or a rung dropped, or a seed lost)."""
+    from jaxmlp import ladder
+
+    d = _ladder()
+    md = (ROOT / "docs" / "ladder-fashion-mnist.md").read_text(encoding="utf-8")
+    assert md == ladder.markdown(d), "docs/ladder-fashion-mnist.md is not docs/ladder-fashion-mnist.json"
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Görner's ladder"):text.index("## Fidelity")]
+    table = section[section.index("| rung | final test accuracy |"):].split("\n\n")[0]
+    rows = re.findall(r"^\| ([\w-]+) \|", table, re.M)
+    assert rows == ["rung", *d["presets"]], "the README's ladder table has other rungs than the committed ladder"
+    for name, r in d["rungs"].items():
+        assert _row(section, name) == [_pm(r["final_test_accuracy"], 4), _pm(r["best_test_accuracy"], 4),
+                                       _pm(r["final_test_loss"], 3), r["gorner_mnist_accuracy"]], name
+        assert r["steps"] == d["steps"] and not r["diverged"], name
+        assert all(r[m]["n"] == len(d["seeds"]) for m in ("final_test_accuracy", "best_test_accuracy",
+                                                          "final_test_loss")), name
+    flat = _flat(section)
+    _has(flat, r"The talk climbs a ladder of programs, each ([\d,]+) steps of batch (\d+)\.",
+         f"{d['steps']:,}", d["batch_size"])
+    _has(flat, r"Measured here on (\S+) \(Debian's files\), (\d+) seeds, mean ± std",
+         {"fashion_mnist": "Fashion-MNIST"}.get(d["dataset"], d["dataset"]), len(d["seeds"]))
+
+
+def test_readme_ladder_remarks_hold_in_the_committed_ladder():
+    """The two remarks under the README's ladder figure, in the committed ladder: the softmax
+    rung swings most (the widest spread over seeds and the largest fall from its best to its
+    final accuracy), and dropout ends below the same rung without it."""
+    text = _flat((ROOT / "README.md").read_text(encoding="utf-8"))
+    assert ("On Fashion-MNIST the softmax rung swings widely at its learning rate, and dropout does "
+            "slightly worse than the same rung without it.") in text
+    rungs = _ladder()["rungs"]
+    spread = {n: r["final_test_accuracy"]["std"] for n, r in rungs.items()}
+    fall = {n: r["best_test_accuracy"]["mean"] - r["final_test_accuracy"]["mean"] for n, r in rungs.items()}
+    assert max(spread, key=spread.get) == "softmax" and max(fall, key=fall.get) == "softmax"
+    for metric in ("final_test_accuracy", "best_test_accuracy"):
+        assert rungs["relu-lrdecay-dropout"][metric]["mean"] < rungs["relu-lrdecay"][metric]["mean"], metric
+
+
+def test_readme_expected_result_is_the_committed_ladders_relu_row():
+    """The README's "Expected result" figures for Fashion-MNIST are the committed ladder's
+    relu rung (seeds, final and best test accuracy), and that rung ran the seed experiment's
+    schedule. Catches the paragraph left behind when the ladder is rerun."""
+    from jaxmlp.config import Config
+
+    d = _ladder()
+    relu = d["rungs"]["relu"]
+    text = _flat((ROOT / "README.md").read_text(encoding="utf-8"))
+    _has(text, r"Fashion-MNIST at the same schedule, measured here: see \[Görner's ladder\]\(#görners-ladder\) "
+               r"\(`relu` row, (\d+) seeds: final test accuracy ([\d.]+) ± ([\d.]+), best ([\d.]+) ± ([\d.]+)\)",
+         len(d["seeds"]), *_pm(relu["final_test_accuracy"], 4).split(" ± "),
+         *_pm(relu["best_test_accuracy"], 4).split(" ± "))
+    _has(text, r"test accuracy just under 98% after ([\d,]+) steps", f"{relu['steps']:,}")
+    seed = Config()  # the seed experiment
+    assert relu["config"]["preset"] == seed.preset == "relu" and d["dataset"] == "fashion_mnist"
+    for field in ("steps", "batch_size", "eval_every", "learning_rate", "optimizer", "activation"):
+        assert relu["config"][field] == getattr(seed, field), field
+    assert relu["config"]["hidden"] == list(seed.hidden)
+
+
+_ORDINAL = {"sixth": 6, "seventh": 7, "eighth": 8, "ninth": 9, "tenth": 10}
+
+
+def test_readme_fidelity_figures_are_docs_fidelity():
+    """The README's across-seeds fidelity figures (seeds, split, metrics, both sides' final
+    test accuracy over the runs that did not collapse, their counts, Welch's t and p, the
+    collapsed original run, the 398 held-out images) are read from docs/fidelity.md, the
+    report scripts/fidelity.py writes (it writes no JSON), and that report's summary row
+    agrees with its per-seed table. Catches a README left with an earlier report's figures."""
+    doc = (ROOT / "docs" / "fidelity.md").read_text(encoding="utf-8")
+    src = re.search(r"^(\d+) seeds of each, ([\d,]+) steps of batch (\d+) on Fashion-MNIST \(`([^`]+)`: "
+                    r"[\d,]+ training images, `test`: [\d,]+ test images\), minibatch metrics read after "
+                    r"each update on both sides\.", doc, re.M)
+    assert src, "docs/fidelity.md's opening sentence changed shape"
+    seeds, split = int(src.group(1)), src.group(4)
+    cells = _row(doc, "final test accuracy, runs that did not collapse")
+    acc = [re.fullmatch(r"([\d.]+) ± ([\d.]+) \(n=(\d+)\)", c) for c in cells[:2]]
+    welch = re.fullmatch(r"(-?[\d.]+) \([\d.]+\)", cells[2])
+    assert all(acc) and welch and re.fullmatch(r"[\d.]+", cells[3]), cells
+    blew = re.findall(r"^Original seed (\d+): first blew up at step (\d+) ", doc, re.M)
+    assert re.search(rf"Collapsed runs .*: jaxmlp 0 of {seeds}, original {len(blew)} of {seeds}\.", doc)
+    assert len(blew) == 1, "the README speaks of one collapsed original run"
+    per_seed = {int(s): (float(a), float(b)) for s, a, b in
+                re.findall(r"^\| (\d+) \| (0\.\d{4}) \| (0\.\d{4}) \|$", doc, re.M)}
+    assert sorted(per_seed) == list(range(seeds)) and per_seed[int(blew[0][0])][1] == 0.1  # chance
+    overlap = re.search(r"Of the IDX file's first 5,000 training images, (\d+) are among TFDS's first "
+                        r"5,000 of `train`", doc)
+    assert overlap, "docs/fidelity.md no longer counts the held-out images both ways share"
+
+    # The summary row is the per-seed table's (its 4 digits, so within rounding).
+    for side, m in enumerate(acc):
+        kept = [v[side] for v in per_seed.values() if v[side] >= 0.2]  # fidelity.py's COLLAPSED_BELOW
+        assert int(m.group(3)) == len(kept)
+        assert abs(float(np.mean(kept)) - float(m.group(1))) <= 1e-4
+        assert abs(float(np.std(kept, ddof=1)) - float(m.group(2))) <= 1e-4
+
+    text = _flat((ROOT / "README.md").read_text(encoding="utf-8"))
+    _has(text, r"\[docs/fidelity.md\]\(docs/fidelity.md\): (\d+) seeds each, `([^`]+)`, (after)-update "
+               r"metrics\), final test accuracy is ([\d.]+) ± ([\d.]+) for jaxmlp and ([\d.]+) ± ([\d.]+) "
+               r"for the original \((\d+) and (\d+) runs; Welch's t (−?[\d.]+), p = ([\d.]+)\); the (\w+) "
+               r"original run blew up at step (\d+) and ended at chance\.",
+         seeds, split, "after", acc[0].group(1), acc[0].group(2), acc[1].group(1), acc[1].group(2),
+         acc[0].group(3), acc[1].group(3), welch.group(1).replace("-", "−"), cells[3],
+         next(w for w, n in _ORDINAL.items() if n == seeds), blew[0][1])
+    _has(text, r"on Fashion-MNIST only (\d+) of the file's first 5,000 are among TFDS's first 5,000",
+         overlap.group(1))
