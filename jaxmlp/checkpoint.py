@@ -81,6 +81,16 @@ def save(mngr, state: TrainState, history: dict) -> int:
     return step
 
 
+def _instead(directory, step: int) -> str:
+    """What to do about the unreadable checkpoint at ``step``: the one before, or start again."""
+    directory = os.fspath(directory)
+    before = [int(n) for n in os.listdir(directory) if n.isdigit() and int(n) < step]
+    if before:
+        return (f"delete {os.path.join(directory, str(step))} to resume from the checkpoint at "
+                f"step {max(before)}")
+    return f"start again with --out {os.path.dirname(os.path.normpath(directory))} --overwrite"
+
+
 def restore(mngr, state: TrainState, history: dict) -> tuple[TrainState, dict]:
     """Restore the latest checkpoint into the structure, dtypes and shardings of a fresh
     ``state`` and ``history``."""
@@ -94,10 +104,11 @@ def restore(mngr, state: TrainState, history: dict) -> tuple[TrainState, dict]:
     except Exception as e:  # Orbax raises many types for truncated or corrupt files
         message = " ".join(str(e).split())[:200]
         raise RecordError(f"cannot restore the checkpoint at step {step} in {mngr.directory}: "
-                          f"{type(e).__name__}: {message}") from e
+                          f"{type(e).__name__}: {message}; {_instead(mngr.directory, step)}") from e
     if not np.array_equal(np.asarray(jax.device_get(got.pop(DIGEST))), _digest(got)):
         raise RecordError(f"the checkpoint at step {step} in {mngr.directory} is corrupt: its "
-                          f"arrays do not match the digest saved with them")
+                          f"arrays do not match the digest saved with them; "
+                          f"{_instead(mngr.directory, step)}")
     fresh = {"step": state.step, "params": state.params, "rest": state.rest,
              "opt_state": state.opt_state, "key": state.key}
     rewrap = lambda like, x: jax.random.wrap_key_data(x, impl=jax.random.key_impl(like)) \

@@ -237,12 +237,13 @@ def _largest_file(folder: Path) -> Path:
 
 _BAD_RUN_FOLDERS = {
     # name: (how to damage the resumable run folder, a fragment of the one-line error)
-    "garbled checkpoint": (lambda d: _garble(_largest_file(d / "checkpoints" / "80")), "checkpoint"),
+    "garbled checkpoint": (lambda d: _garble(_largest_file(d / "checkpoints" / "80")),
+                           "to resume from the checkpoint at step 40"),
     "truncated checkpoint": (lambda d: os.truncate(_largest_file(d / "checkpoints" / "80"),
                                                    _largest_file(d / "checkpoints" / "80").stat().st_size // 2),
-                             "checkpoint"),
+                             "to resume from the checkpoint at step 40"),
     "checkpoint file deleted": (lambda d: (d / "checkpoints" / "80" / "default" / "_METADATA").unlink(),
-                                "checkpoint"),
+                                "to resume from the checkpoint at step 40"),
     "no checkpoint": (lambda d: shutil.rmtree(d / "checkpoints"), "nothing to resume"),
     "missing config.json": (lambda d: (d / "config.json").unlink(), "config.json"),
     "malformed config.json": (lambda d: (d / "config.json").write_text('{"steps": 120,'), "config.json"),
