@@ -324,3 +324,36 @@ def test_whole_run_times_jaxmlp_and_the_2017_program_on_the_same_data(tmp_path):
     for ran in (ours, original):
         assert len(ran["process_seconds_runs"]) == 2
         assert ran["process_seconds"] == max(ran["process_seconds_runs"])
+
+
+def test_timed_repeats_run_with_the_gc_off_and_leave_it_as_it_was():
+    """The timing rule in ``jaxmlp.bench.timing``'s docstring. Catches a collection left
+    free to land inside a timed repeat, and a measurement that leaves the GC off."""
+    import gc
+
+    seen = []
+
+    def call():
+        seen.append(gc.isenabled())
+        return jnp.zeros(())
+
+    assert gc.isenabled()
+    timing.measure(paths.Loop(call, 1), repeats=3, target_seconds=1e-9, warmup_calls=1)
+    assert seen[:2] == [True, True] and seen[2:] == [False] * 3  # warm-up, then the repeats
+    assert gc.isenabled()
+
+
+def test_a_failing_child_is_reported_in_the_result_never_raised(tmp_path):
+    """``jaxmlp.bench.processes``: a child that fails, or outlives its time, gives a result
+    with its 'error' (the last line it printed), so one failure does not lose the rest of a
+    benchmark."""
+    from jaxmlp.bench import processes
+
+    fails = [sys.executable, "-c", "import sys; print('error: no data here', file=sys.stderr); sys.exit(1)"]
+    assert processes._child(fails, str(tmp_path / "none.json"), timeout_s=60) == \
+        (None, {"error": "exit 1: error: no data here"})
+    hangs = [sys.executable, "-c", "import time; time.sleep(30)"]
+    assert processes._child(hangs, str(tmp_path / "none.json"), timeout_s=1) == \
+        (None, {"error": "timed out after 1 s"})
+    r = processes.measure_startup(dataset="fashion_mnist", manual_dir=str(tmp_path / "no-such-dir"))
+    assert "error" in r and str(tmp_path / "no-such-dir") in r["error"]
