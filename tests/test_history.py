@@ -9,7 +9,7 @@ import numpy as np
 
 from flax import nnx
 
-from conftest import child_env
+from conftest import child_env, synthetic_history
 from jaxmlp import history as hist
 from jaxmlp import loop, model
 
@@ -224,3 +224,16 @@ def test_history_and_plot_import_without_jax():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env=child_env(), timeout=120)
     assert done.stdout.strip() == "[]", "importing jaxmlp.config, .history or .plot pulled in " + done.stdout
+
+
+def test_a_diverged_members_best_is_its_best_evaluation_before_it_died():
+    """A dead member's accuracies are NaN from its first bad evaluation on (``record``'s
+    mark). Catches a best picked by a plain argmax, which returns the first NaN: a NaN best
+    accuracy at the step it died, in summary.json and the ladder's best column."""
+    h = synthetic_history(steps=100, eval_every=25, members=2)
+    h["test_accuracy"][0, 2:] = np.nan
+    h["test_loss"][0, 2:] = np.inf
+    dead, alive = hist.final_and_best(h)
+    assert dead.best_step == 25 and dead.best_accuracy == float(h["test_accuracy"][0, 1])
+    assert np.isnan(dead.final_accuracy) and dead.final_step == 100
+    assert alive.best_accuracy == float(np.max(h["test_accuracy"][1]))

@@ -488,3 +488,31 @@ def test_the_next_chunk_is_dispatched_before_the_host_waits_for_the_scores(monke
         assert calls[i + 1] == ("train", s), calls[i:i + 3]
         assert calls[i + 2][0] == "wait" and calls.index(("wait", s)) > i + 1, calls[i:i + 4]
     assert ("train", 120) not in calls  # none past the last step
+
+
+def test_the_recorded_test_scores_are_the_models_scores_on_the_raw_test_set():
+    """``record`` scores a test set that ``_prepare`` scaled on the host (once, to float32);
+    ``evaluate`` on the raw uint8 images scales inside the model. Catches a host scaling
+    that differs from the model's (e.g. by 256), which the loop tests cannot see: their
+    helper scales the test set itself."""
+    from jaxmlp import train
+
+    r = run.train_and_evaluate(Config(**SMALL), dataset=DATA, quiet=True)
+    ev = train.evaluate(r.state, jnp.asarray(DATA.test_images), jnp.asarray(DATA.test_labels))
+    assert float(r.history["test_loss"][-1]) == pytest.approx(float(ev["loss"]), rel=1e-5)
+    assert float(r.history["test_accuracy"][-1]) == float(ev["accuracy"])
+
+
+def test_each_steps_train_metrics_land_at_that_step_of_the_history():
+    """The history's train record of a whole run is, step for step, what ``run_steps``
+    returns from the same start: every step filled (no NaN left), the first chunk's 20 at
+    1..20, the last chunk's at 101..120. Catches metrics written one step off, or stamped
+    with the step before the update."""
+    c = Config(**SMALL)
+    r = run.train_and_evaluate(c, dataset=DATA, quiet=True)
+    assert np.all(np.isfinite(r.history["train_loss"])) and r.history["train_loss"].shape == (120,)
+    state, _, orders = loop.init_run(c, len(DATA.train_labels))
+    _, metrics = loop.run_steps(state, device_data(DATA), orders, num_steps=120, batch_size=50)
+    np.testing.assert_array_equal(np.asarray(metrics["step"]), np.arange(1, 121))
+    for k in ("loss", "accuracy"):
+        np.testing.assert_allclose(r.history[f"train_{k}"], np.asarray(metrics[k]), rtol=1e-5, atol=1e-7)

@@ -159,6 +159,8 @@ def test_each_epoch_visits_every_example_once():
         seen = np.concatenate([np.asarray(loop.batch_at(data, orders, jnp.int32(epoch * steps_per_epoch + i), b)["label"])
                                for i in range(steps_per_epoch)])
         assert len(np.unique(seen)) == len(seen) == steps_per_epoch * b
+        # ... in that epoch's own order (not, say, the first epoch's every time)
+        np.testing.assert_array_equal(seen, np.asarray(orders[epoch, :steps_per_epoch * b]))
     assert not np.array_equal(orders[0], orders[1])  # reshuffled each epoch
     assert not np.array_equal(orders[0], np.arange(n))  # the first too (not in file order)
 
@@ -309,7 +311,12 @@ def test_evaluation_is_deterministic_while_training_forwards_draw_new_masks():
     np.testing.assert_array_equal(train.predict(state, x), train.predict(state, x))
     eval_logits = [train.forward(state, state.params, x, train=False)[0] for _ in range(2)]
     np.testing.assert_array_equal(*eval_logits)
-    # ... and it is the deterministic model: no dropout mask, no rescaling.
+    # ... and it is the deterministic model: no dropout mask, no rescaling (the same
+    # parameters with a dropout rate of 0 give the same logits; a mask that is merely
+    # the same each call would not).
+    no_dropout = train.TrainState.create(SmallCNN(dropout=0.0, rngs=nnx.Rngs(params=0, dropout=1)),
+                                         optax.adam(3e-3), key=jax.random.key(2))
+    np.testing.assert_array_equal(eval_logits[0], train.forward(no_dropout, state.params, x, train=False)[0])
     np.testing.assert_allclose(float(first["loss"]), train.cross_entropy(eval_logits[0], y).mean(),
                                rtol=1e-5)
     np.testing.assert_array_equal(train.predict(state, x), np.argmax(eval_logits[0], -1))
@@ -458,3 +465,16 @@ def test_after_metrics_are_deterministic_with_dropout():
     loss1, acc1 = _np_metrics(new.params, batch["image"], batch["label"])
     np.testing.assert_allclose(float(m_after["loss"]), loss1, rtol=1e-5)
     assert float(m_after["accuracy"]) == pytest.approx(acc1)
+
+
+@pytest.mark.parametrize("preset", ["relu-lrdecay", "sigmoid"])
+def test_the_optimizer_state_advances_with_every_step(preset):
+    """Every count in the optimizer state (Adam's moments, a schedule's step) equals the
+    steps taken. Catches a step that hands back the old optimizer state: no decay, no Adam
+    moments, yet the seed run (plain SGD at a fixed rate) would not notice."""
+    state = loop.init_state(jax.random.key(0), Config.from_preset(preset))
+    for _ in range(3):
+        state, _ = train.train_step(state, _batch(100))
+    counts = [np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]
+              if "count" in jax.tree_util.keystr(p)]
+    assert counts and all(int(c) == 3 for c in counts), counts
