@@ -41,6 +41,14 @@ def test_readme_whole_run_figures_are_the_committed_benchmarks():
     runs = whole["jaxmlp"]["process_seconds_runs"]
     assert [float(g) for g in row.groups()] == [round(v, 1) for v in
                                                 (whole["jaxmlp"]["process_seconds"], min(runs), max(runs))]
+    # The sentence on the three targets: each figure and whether it is met.
+    flat = re.sub(r"\s+", " ", text)
+    m = whole["jaxmlp"]
+    for what, value, target, digits in (("the whole process took", m["process_seconds"], "12", 1),
+                                        ("start-up", m["startup_seconds"], "1.5", 2),
+                                        ("records and figures (`write`)", m["write_seconds"], "1.0", 2)):
+        met = "met" if round(value, digits) <= float(target) else "not met"
+        assert f"{what} {value:.{digits}f} s (target ≤ {target} s: {met})" in flat, what
 
 
 _PATH_LABELS = {"fused": "fused scan, uint8 data (jaxmlp)", "fused_f32": "fused scan, float32 data",
