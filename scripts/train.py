@@ -33,8 +33,7 @@ def _stop(signum, _frame):
 
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-_PHASE = ["start-up"]  # what a _Stopped interrupted: start-up, run (its edges), done
-if __name__ == "__main__":  # from the first import on: one line, never a traceback
+if __name__ == "__main__":  # before the heavy imports: a stop there is one line, not a traceback
     for _s in _SIGNALS:
         signal.signal(_s, _stop)
 
@@ -107,21 +106,23 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     here = threading.current_thread() is threading.main_thread()
     old = {s: signal.signal(s, _stop) for s in _SIGNALS} if here else {}
-    _PHASE[0] = "start-up"
-    try:
-        return _main(args)
-    except _Stopped as e:  # outside the run's own handlers: before, between or after its phases
-        print({"start-up": "stopped during start-up: nothing was trained and nothing written",
-               "run": "stopped at once",
-               "done": "stopped after the run had ended; its records are complete"}[_PHASE[0]],
-              file=sys.stderr)
-        return 128 + e.signum
-    finally:
+
+    def restore():
         for s, h in old.items():
             signal.signal(s, h)
 
+    try:
+        return _main(args, run_starts=restore)
+    except _Stopped as e:  # before the run's own handlers (``run.train_and_evaluate``'s)
+        print("stopped during start-up: nothing was trained and nothing written", file=sys.stderr)
+        return 128 + e.signum
+    finally:
+        restore()
 
-def _main(args) -> int:
+
+def _main(args, run_starts) -> int:
+    """The script after its flags are parsed; ``run_starts()`` hands signals back just
+    before the run, which then handles them itself."""
     fields = {f.name for f in dataclasses.fields(Config)}
     given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     from jaxmlp import records, runs  # no JAX: flags are checked before paying for it
@@ -165,12 +166,11 @@ def _main(args) -> int:
         try:
             if new_folder:
                 out = runs.new_run_dir("runs", config.dataset)
-            _PHASE[0] = "run"
+            run_starts()
             result = run.train_and_evaluate(config, out_dir=out, resume=bool(args.resume),
                                             overwrite=args.overwrite, quiet=args.quiet,
                                             devices=devices, eval_device=eval_device,
                                             started=_STARTED)
-            _PHASE[0] = "done"
         finally:
             if new_folder and out is not None:  # a folder made for this run that got nothing
                 runs.discard_if_empty(out)
