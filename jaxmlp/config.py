@@ -47,8 +47,9 @@ class Config:
     train_split: str = _field("train", "TFDS split string for training, e.g. 'train[5000:]' "
                                        "(the original's 55,000)")
     test_split: str = _field("test", "TFDS split string scored every eval_every steps")
-    # Model: 784 -> hidden... -> 10, activation between layers, logits out.
-    preset: str = _field("relu", "the ladder rung these defaults came from (see PRESETS)")
+    # The MLP front end (the default init): 784 -> hidden... -> 10. Your own ``init`` replaces
+    # these fields and the optimizer's.
+    preset: str = _field("relu", "the ladder rung the MLP fields came from (see PRESETS)")
     hidden: tuple[int, ...] = _field((200, 100, 60, 30), "hidden layer widths, comma-separated "
                                                          "('' for none: softmax regression)")
     activation: str = _field("relu", f"hidden activation: {', '.join(ACTIVATIONS)}")
@@ -57,7 +58,7 @@ class Config:
     bias_init: float = _field(0.0, "initial bias of the hidden layers (the output layer's is 0)")
     dropout: float = _field(0.0, "dropout rate after each hidden layer in training "
                                  "(0.25 is the talk's pkeep 0.75)")
-    # Optimisation on the batch-mean cross-entropy (see the module docstring).
+    # The MLP front end's optimizer, on the batch-mean cross-entropy (see the module docstring).
     optimizer: str = _field("sgd", f"one of {', '.join(OPTIMIZERS)}")
     learning_rate: float = _field(0.3, "learning rate on the batch-mean loss, the peak of a "
                                        "decay (0.3 == 0.003 on the summed loss at batch 100)")
@@ -78,7 +79,8 @@ class Config:
     # Ensembles: one model per (seed, learning rate) pair, all in one compiled program.
     seeds: tuple[int, ...] = _field((), "ensemble: one model per seed, comma-separated (e.g. 0,1,2,3)")
     learning_rates: tuple[float, ...] = _field((), "ensemble: one model per learning rate (peak), "
-                                                   "comma-separated")
+                                                   "comma-separated; replaces the optimizer's "
+                                                   "(needs optax.inject_hyperparams)")
 
     def __post_init__(self):
         # Normalise list-like input so configs hash and compare by value.
@@ -103,19 +105,24 @@ class Config:
         return self.steps // self.eval_every + 1
 
     @property
-    def members(self) -> list[tuple[int, float]]:
-        """(seed, learning rate) of each model: the product of ``seeds`` and ``learning_rates``."""
-        return [(s, lr) for s in (self.seeds or (self.seed,))
-                for lr in (self.learning_rates or (self.learning_rate,))]
+    def members(self) -> tuple[tuple[int, float | None], ...]:
+        """(seed, learning rate) of each model: the product of ``seeds`` and ``learning_rates``;
+        the rate is None where no sweep replaces the optimizer's."""
+        return tuple((s, lr) for s in (self.seeds or (self.seed,))
+                     for lr in (self.learning_rates or (None,)))
+
+    @property
+    def member_names(self) -> list[str]:
+        """A label per member, naming what varies: "seed 3", "lr 0.1", "seed 3, lr 0.1"."""
+        names = []
+        for s, lr in self.members:
+            parts = ([f"seed {s}"] if self.seeds else []) + ([f"lr {lr:g}"] if lr is not None else [])
+            names.append(", ".join(parts) or f"seed {s}")
+        return names
 
     @property
     def is_ensemble(self) -> bool:
         return bool(self.seeds or self.learning_rates)
-
-    @property
-    def shares_batches(self) -> bool:
-        """Whether every member sees the same batches (one seed): gathered once for all."""
-        return self.is_ensemble and len(self.seeds) <= 1
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **changes)

@@ -5,17 +5,11 @@ dataset and parameters are replicated and each step's batch axis is split
 over the mesh (XLA inserts the gradient all-reduce). An ensemble whose size
 the device count divides is split over the model axis instead: members are
 independent, so that needs no communication at all.
-
-On CPU, XLA shows one device whatever the core count; ``use_cpu_devices``,
-called by the scripts before JAX starts with ``cpu_layout``'s count, gives an
-ensemble a CPU device per core, so its members train side by side, and a single
-model a second CPU device that scores the test set beside training.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import jax
 import numpy as np
@@ -91,50 +85,3 @@ def plan(batch_size: int, num_models: int = 1, devices=None) -> Placement:
             f"batch size {batch_size} cannot be split evenly over {n} devices; "
             f"use a multiple of {n} (e.g. --batch-size {((batch_size + n - 1) // n) * n})")
     return Placement(mesh, "data")
-
-
-def split_count(num_models: int, num_devices: int) -> int:
-    """The most of ``num_devices`` that an ensemble of ``num_models`` splits over evenly."""
-    return max(d for d in range(1, min(num_devices, num_models) + 1) if num_models % d == 0)
-
-
-def cpu_layout(num_models: int, cores: int) -> tuple[int, bool]:
-    """(CPU devices for a run of ``num_models`` on ``cores`` cores, whether the run scores its
-    test set on a device of its own).
-
-    An ensemble that splits over the cores gets a device per core. Anything else trains
-    on one device and, with a second core, is scored on a second device while the next
-    chunk trains: on 2 cores, 100 seed steps and a 10k evaluation took 73 ms side by side
-    against 68 + 17 ms one after the other, as training at batch 100 gains little from its
-    second core (100 steps on one core: 78 ms). Measured once here, fastest of 60 each;
-    the benchmark does not time this.
-    """
-    split = split_count(num_models, cores)
-    return (split, False) if split > 1 else (min(2, cores), cores > 1)
-
-
-def usable_cores() -> int:
-    """The CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def use_cpu_devices(n: int) -> int | None:
-    """Before JAX starts its backends: make XLA:CPU show ``n`` devices.
-
-    XLA:CPU shows one device whatever the core count, and runs one small program at a
-    time over every core. An ensemble split over one device per core trains its
-    members side by side instead (``scripts/benchmark.py`` measures the model-steps/s
-    of both layouts; docs/benchmark-cpu.json). The scripts call this with
-    ``cpu_layout``'s count. (A single model split data parallel over such devices ran
-    2.7x slower, measured once: it trains on one of them.) A count set already
-    (``XLA_FLAGS``, ``jax_num_cpu_devices``) is left as it is, and once JAX has started
-    (a notebook) nothing changes. Returns the count set, or None.
-    """
-    if n <= 1 or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "") \
-            or jax.config.jax_num_cpu_devices >= 0:
-        return None
-    try:
-        jax.config.update("jax_num_cpu_devices", n)
-    except RuntimeError:  # the backends are up already: too late to change
-        return None
-    return n

@@ -1,269 +1,189 @@
-"""Run records: atomic writers, the environment, pre-flight.
+"""Run folders: the files a run leaves, atomic writes, one run per folder.
 
-Every file a run leaves is written through ``_atomic_write``: the bytes go to a
-temporary file in the same directory, are flushed and fsync'ed, and only then
-``os.replace`` puts them at the target name (an atomic rename on POSIX). A run
-killed at any moment therefore leaves the previous file or the new one, never a
-truncated one. A kill mid-write can leave a temporary file behind; its name
-(``.NAME.PID.RANDOM.tmp``) says so, readers ignore it, and
-``remove_stale_temp_files`` deletes those whose writer is gone. What a run
-folder holds, and reading, clearing and creating one, is ``jaxmlp.runs``.
-
-This module imports only the standard library and numpy, so plotting from saved
-records never pays for jax or tensorflow. ``environment()`` imports jax lazily.
+Every file is written to a hidden temporary name beside its target, flushed, and
+``os.replace``-d into place, so a run killed at any moment leaves the old file or
+the new one, never a torn one. A folder holds one run: ``holds_a_run`` and
+``clear_run`` decide what an ``--out`` with a run in it means, and ``locked``
+keeps a second process out while a run holds it. Imports no JAX.
 """
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import importlib.metadata
 import json
 import math
 import os
 import platform
-import re
-import secrets
 import shutil
+import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-MIN_FREE_BYTES = 64 * 2**20
-"""Free space ``check_writable`` asks for by default: a run's records and a few
-checkpoints of the default model need a few MiB; 64 MiB leaves a wide margin."""
-
-_TEMP_NAME = re.compile(r"^\.(?P<target>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}\.tmp$")
+CONFIG, HISTORY, SUMMARY = "config.json", "history.npz", "summary.json"
+MISCLASSIFIED, CHECKPOINTS = "misclassified.npz", "checkpoints"
+FIGURES = ("accuracy.png", "cross_entropy.png", "dashboard.png")
+FILES = (CONFIG, HISTORY, SUMMARY, MISCLASSIFIED, CHECKPOINTS, *FIGURES)
+"""Every name a run may write in its folder."""
 
 
 class RecordError(OSError):
-    """A run directory cannot be written or read; the message is one line."""
+    """A run folder cannot be written or read; the message is one line."""
 
 
 def one_line(text: object) -> str:
-    """``text`` with every run of whitespace (newlines included) as one space."""
     return " ".join(str(text).split())
 
 
-# --- atomic writers ---------------------------------------------------------
-
-
-def is_temp_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an atomic writer's temporary file (ignore it)."""
-    return _TEMP_NAME.match(Path(path).name) is not None
-
-
-def _fsync_dir(directory: Path) -> None:
-    # Makes the rename itself durable across a power loss; some filesystems
-    # refuse fsync on directories, which is harmless for correctness.
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: str | os.PathLike, write: Callable[[Any], None]) -> Path:
-    """Call ``write(file)`` on a temp file beside ``path``, then rename it onto ``path``."""
+def _atomic_write(path, write) -> Path:
     path = Path(path)
-    tmp = _temp_path(path, os.getpid(), secrets.token_hex(4))
-    # os.open with 0o666 honours the umask, unlike mkstemp's 0o600, so records
-    # get the same permissions a plain open() would give them.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        # Any failure (including KeyboardInterrupt) leaves the old file untouched.
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException:  # KeyboardInterrupt too: the old file stays as it was
+        tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
     return path
 
 
-def _temp_path(path: Path, pid: int, token: str) -> Path:
-    """Where process ``pid`` writes ``path`` before renaming it: hidden, beside it."""
-    return path.with_name(f".{path.name}.{pid}.{token}.tmp")
+def atomic_write_json(path, obj: Any) -> Path:
+    """``obj`` as JSON (non-finite floats as null), atomically."""
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False) + "\n"
+    return _atomic_write(path, lambda f: f.write(text.encode()))
 
 
-def remove_partial_writes(path: str | os.PathLike, pid: int) -> None:
-    """Delete the temp files a killed process ``pid`` may have left beside ``path``."""
-    path = Path(path)
-    pattern = _temp_path(path.with_name(glob.escape(path.name)), pid, "*").name
-    for tmp in path.parent.glob(pattern):
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically; returns the path."""
-    return _atomic_write(path, lambda f: f.write(data))
+def atomic_save_npz(path, arrays: dict) -> Path:
+    """``np.savez`` of ``arrays``, atomically."""
+    return _atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
 
 
 def _jsonable(obj: Any) -> Any:
-    """Plain JSON values for ``obj``; non-finite floats become ``None``."""
     if isinstance(obj, dict):
         return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if isinstance(obj, (np.generic,)):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
     return obj
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as JSON (sorted keys, indent 2) atomically; returns the path.
-
-    NaN and +-inf are written as ``null``: the file stays standard JSON that any
-    reader parses (``json.dumps`` would otherwise write the non-standard ``NaN``).
-    A ``null`` metric therefore means "not a finite number"; the run's record
-    says separately where a loss first went non-finite. numpy scalars and arrays
-    become numbers and lists, paths become strings.
-    """
-    text = json.dumps(_jsonable(obj), sort_keys=True, indent=2, allow_nan=False) + "\n"
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save_npz(path: str | os.PathLike, arrays: dict[str, Any]) -> Path:
-    """Save ``arrays`` (name -> array-like) as an uncompressed ``.npz`` atomically.
-
-    Object arrays are refused, so every record loads with ``allow_pickle=False``.
-    """
-    arrays = {name: np.asarray(value) for name, value in arrays.items()}
-    for name, value in arrays.items():
-        if value.dtype == object:
-            raise ValueError(f"array {name!r} has dtype object; records hold plain arrays only")
-    # np.savez on a file object writes exactly there (no '.npz' appended to the name).
-    return _atomic_write(path, lambda f: np.savez(f, **arrays))
-
-
-def _pid_alive(pid: int) -> bool:
+def read_json(path) -> dict:
+    """A JSON object from ``path``; one-line ``RecordError`` otherwise."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True
+        obj = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise RecordError(one_line(f"cannot read {path}: {e}")) from e
+    if not isinstance(obj, dict):
+        raise RecordError(f"{path} is malformed: expected a JSON object")
+    return obj
 
 
-def remove_stale_temp_files(directory: str | os.PathLike) -> list[Path]:
-    """Delete temp files left in ``directory`` by writers that no longer run.
-
-    Files of a live writer (another process, or this one) are kept, so this is
-    safe to call while something else writes into the same directory.
-    """
-    removed = []
-    directory = Path(directory)
-    if not directory.is_dir():
-        return removed
-    for p in directory.iterdir():
-        m = _TEMP_NAME.match(p.name)
-        if m and int(m["pid"]) != os.getpid() and not _pid_alive(int(m["pid"])):
-            try:
-                p.unlink()
-                removed.append(p)
-            except FileNotFoundError:
-                pass
-    return removed
+def read_config(run_dir) -> dict:
+    """The ``config.json`` of a run folder as a dict; one-line ``RecordError`` otherwise."""
+    if not Path(run_dir).is_dir():
+        raise RecordError(f"run folder {run_dir} "
+                          + ("is not a folder" if os.path.lexists(run_dir) else "does not exist"))
+    if not (Path(run_dir) / CONFIG).is_file():
+        raise RecordError(f"{run_dir} is not a jaxmlp run folder: it has no {CONFIG}")
+    return read_json(Path(run_dir) / CONFIG)
 
 
-# --- environment and pre-flight ----------------------------------------------
-
-_VERSIONED = {
-    "jax": "jax",
-    "jaxlib": "jaxlib",
-    "flax": "flax",
-    "optax": "optax",
-    "orbax_checkpoint": "orbax-checkpoint",
-    "tensorflow_datasets": "tensorflow-datasets",
-    "numpy": "numpy",
-}
+def holds_a_run(run_dir) -> bool:
+    """Whether ``run_dir`` holds any file a run writes."""
+    return any(os.path.lexists(Path(run_dir) / name) for name in FILES)
 
 
-def _version(distribution: str) -> str | None:
+def clear_run(run_dir) -> None:
+    """Delete every file a run writes in ``run_dir`` and any writer's leftovers; anything
+    else the user keeps there stays."""
+    run_dir = Path(run_dir)
+    for p in [run_dir / name for name in FILES] + list(run_dir.glob(".*.tmp*")):
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif os.path.lexists(p):
+            p.unlink()
+
+
+@contextlib.contextmanager
+def locked(run_dir):
+    """Hold ``run_dir`` for one run: another process that tries meanwhile gets a one-line
+    ``RecordError``. An advisory ``flock`` on the folder itself: nothing is left behind
+    and the kernel lets go when the process ends, however it ends."""
     try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+        import fcntl
+        fd = os.open(run_dir, os.O_RDONLY)
+    except (ImportError, OSError):  # no fcntl (Windows): nothing to hold with
+        yield
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RecordError(f"{run_dir} is in use by another jaxmlp run; wait for it to end, "
+                              f"or choose another folder") from None
+        except OSError:  # a filesystem that does not lock folders
+            pass
+        yield
+    finally:
+        os.close(fd)
+
+
+def make_folder(run_dir) -> bool:
+    """Create ``run_dir`` if needed (one-line error if it cannot be); True if it was made."""
+    made = not os.path.lexists(run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise RecordError(one_line(f"cannot make the run folder {os.path.abspath(run_dir)}: "
+                                   f"{e.strerror or e}; choose another with --out DIR")) from e
+    if not os.access(run_dir, os.W_OK):
+        raise RecordError(f"run folder {os.path.abspath(run_dir)} is not writable; "
+                          f"choose another with --out DIR")
+    return made
+
+
+def default_run_dir(root, dataset: str) -> str:
+    """``root/<UTC time>-<dataset>``, a name not taken yet (the folder is not made)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    names = (f"{stamp}-{dataset}" + (f"-{n}" if n else "") for n in range(1000))
+    return os.fspath(next(Path(root) / n for n in names if not os.path.lexists(Path(root) / n)))
+
+
+def point_latest(run_dir) -> None:
+    """``<parent>/latest`` -> ``run_dir`` (relative, so the runs folder may move). A user's
+    own 'latest' that is not a link is left alone; without symlinks, nothing happens."""
+    link = Path(run_dir).parent / "latest"
+    if os.path.lexists(link) and not link.is_symlink():
+        return
+    tmp = link.with_name(f".latest.tmp{os.getpid()}")
+    try:
+        tmp.unlink(missing_ok=True)
+        os.symlink(Path(run_dir).name, tmp)
+        os.replace(tmp, link)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def environment() -> dict[str, Any]:
-    """Versions and the accelerator this process runs on.
+    """Versions and devices: what summary.json records about where a run ran."""
+    import jax
 
-    Keys: jax, jaxlib, flax, optax, orbax_checkpoint, tensorflow_datasets, numpy
-    (installed versions, ``None`` if absent), python, platform, backend
-    (``jax.default_backend()``), device_kind, device_count. Versions come from
-    package metadata, so tensorflow (behind tensorflow_datasets) is never imported;
-    jax is imported here, and initialises its backend, if it was not already.
-    """
-    env: dict[str, Any] = {key: _version(dist) for key, dist in _VERSIONED.items()}
-    env["python"] = platform.python_version()
-    env["platform"] = platform.platform()
-    import jax  # lazy: records are also read by the plotting path, which must stay light
-
-    devices = jax.devices()
-    env["backend"] = jax.default_backend()
-    env["device_kind"] = devices[0].device_kind
-    env["device_count"] = len(devices)
-    return env
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError  # unreachable
-
-
-def check_writable(out_dir: str | os.PathLike, min_free_bytes: int = MIN_FREE_BYTES) -> Path:
-    """Fail before training if ``out_dir`` cannot hold the run's records.
-
-    Creates the directory (and parents), writes and deletes a probe file, and
-    checks ``shutil.disk_usage`` for ``min_free_bytes`` free. Returns the path;
-    raises ``RecordError`` with a one-line message naming the problem. A probe
-    write is the only honest test of writability: permission bits say nothing
-    when running as root or on a read-only mount.
-    """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise RecordError(f"output path {out} exists and is not a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise RecordError(one_line(f"cannot create output directory {out}: {e.strerror or e}")) from e
-    probe = out / f".write-probe.{os.getpid()}.{secrets.token_hex(4)}"
-    try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    def version(dist):
         try:
-            os.write(fd, b"jaxmlp")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-            probe.unlink(missing_ok=True)
-    except OSError as e:
-        raise RecordError(one_line(f"cannot write to output directory {out}: {e.strerror or e}")) from e
-    free = shutil.disk_usage(out).free
-    if free < min_free_bytes:
-        raise RecordError(
-            f"not enough free space for output directory {out}: "
-            f"{_size(free)} free, need at least {_size(min_free_bytes)}"
-        )
-    return out
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    return {"python": platform.python_version(), "platform": platform.platform(),
+            **{d: version(d) for d in ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint",
+                                       "tensorflow-datasets")},
+            "backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()],
+            "process_count": jax.process_count()}
