@@ -1,6 +1,6 @@
-"""jaxmlp: Görner's 2017 MNIST MLP ladder as a pure, fused JAX module.
+"""jaxmlp: Görner's 2017 MNIST MLP ladder as a pure, fused JAX module, open to any model.
 
-    from jaxmlp import Config, TrainState, train_step, evaluate, train_and_evaluate
+    from jaxmlp import Config, Dataset, TrainState, train_step, evaluate, train_and_evaluate
 
 Names are imported on first use, so ``jaxmlp.config``, ``jaxmlp.history``,
 ``jaxmlp.plot`` and ``jaxmlp.records`` load without JAX.
@@ -12,10 +12,10 @@ _PUBLIC = {
     "Config": "config", "ConfigError": "config", "DATASETS": "config", "PRESETS": "config",
     "MLP": "model",
     "TrainState": "train", "train_step": "train", "evaluate": "train", "predict": "train",
-    "cross_entropy": "train", "optimizer": "train",
-    "Data": "loop", "init_state": "loop", "init_run": "loop", "run_steps": "loop",
-    "epoch_orders": "loop", "batch_at": "loop",
-    "train_and_evaluate": "run",
+    "cross_entropy": "train", "accuracy": "train", "optimizer": "train",
+    "Data": "loop", "init_run": "loop", "mlp_init": "loop", "run_steps": "loop",
+    "epoch_orders": "loop", "num_epochs": "loop", "batch_at": "loop",
+    "train_and_evaluate": "run", "Result": "run",
     "load_dataset": ("data", "load"), "Dataset": "data", "DataError": "data",
 }
 __all__ = sorted(_PUBLIC)

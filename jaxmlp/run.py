@@ -151,9 +151,9 @@ def _folder(config: Config, out_dir, resume: bool, overwrite: bool, held):
 
 
 def _num_classes(dataset: data.Dataset) -> int:
-    if dataset.class_names:
-        return len(dataset.class_names)
-    return int(max(np.max(dataset.train_labels), np.max(dataset.test_labels))) + 1
+    """The default MLP's outputs: one per class name, else the 10 of the MNIST family (never
+    read off the labels, which would hide a bad label)."""
+    return len(dataset.class_names) if dataset.class_names else 10
 
 
 def _check(config: Config, init, dataset: data.Dataset) -> None:
@@ -204,6 +204,7 @@ class _Programs(NamedTuple):
     record: object  # (start, state, history, metrics, alive) -> (state, history, report)
     no_metrics: dict  # record's placeholder metrics at step 0
     all_alive: jax.Array
+    put: object  # places a state-like tree as the programs expect it
 
 
 def _compile(config: Config, init, dataset: data.Dataset, devices):
@@ -229,7 +230,7 @@ def _compile(config: Config, init, dataset: data.Dataset, devices):
     return placement, state, history, _Programs(
         train=lambda s: train_c(s, d, orders),
         record=lambda start, s, h, m, a: record_c(start, s, h, m, a, d),
-        no_metrics=no_metrics, all_alive=alive)
+        no_metrics=no_metrics, all_alive=alive, put=placement.put_state)
 
 
 class _Outcome(NamedTuple):
@@ -246,8 +247,7 @@ def _loop(config: Config, state, history, progs: _Programs, ckpt, reporter, stop
     alive = progs.all_alive
     if first:  # a resumed run: members that diverged before stay dead
         bad = hist.first_nonfinite_steps(hist.to_numpy(history))
-        alive = jax.device_put(np.asarray([b is None for b in bad]).reshape(alive.shape),
-                               alive.sharding)
+        alive = progs.put(np.asarray([b is None for b in bad]).reshape(np.shape(alive)))
     status, predicted = "complete", None
     reporter.start(config, start_step=step, examples_per_epoch=n_train,
                    member_names=config.member_names if config.is_ensemble else None)

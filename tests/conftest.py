@@ -1,27 +1,33 @@
 """Shared test helpers, made one way: the repository root, synthetic data and histories,
-and the environment of a child process.
+the environment of a child process, and a persistent compilation cache.
 
-Each is a plain name (``from conftest import ROOT, synthetic``: pytest puts tests/ on
-``sys.path``, and so do the scripts tests start in subprocesses) and a fixture.
-Nothing here imports JAX.
+Each is a plain name (``from conftest import ROOT, synthetic``) and, where useful, a
+fixture. Long suites carry ``@pytest.mark.slow``: ``pytest -q`` skips them and
+``pytest -q -m slow`` runs them (.ci/run does both).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-
-if TYPE_CHECKING:
-    from jaxmlp import data
 
 ROOT = Path(__file__).resolve().parents[1]
 """The repository root."""
 
 PERCENTILE_LEVELS = np.array([0, 10, 25, 50, 75, 90, 100], np.float32)
+COMPILE_CACHE = ROOT / ".pytest_cache" / "jax-compile"
+
+
+def pytest_configure(config):
+    # A persistent compilation cache: a second `pytest -q` compiles (almost) nothing.
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(COMPILE_CACHE))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if not config.option.markexpr:
+        config.option.markexpr = "not slow"
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -30,20 +36,23 @@ def child_env(**extra: str) -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=path, **extra)
 
 
-def synthetic(n_train: int = 1000, n_test: int = 303, seed: int = 0) -> data.Dataset:
-    """Learnable digits: class c lights up rows 2c..2c+1. 303 test images: no batch divides it."""
+def synthetic(n_train: int = 1000, n_test: int = 303, seed: int = 0, shape=(28, 28),
+              classes: int = 10):
+    """Learnable images: class c lights up rows 2c..2c+1 (mod the height). 303 test images:
+    no batch size divides it."""
     from jaxmlp import data  # here, so that a broken data layer fails only the tests that use it
 
     rng = np.random.default_rng(seed)
 
     def make(n):
-        y = rng.integers(0, 10, n).astype(np.int32)
-        x = rng.integers(0, 80, (n, 28, 28)).astype(np.uint8)
-        for c in range(10):
-            x[y == c, 2 * c:2 * c + 2, :] += 150
+        y = rng.integers(0, classes, n).astype(np.int32)
+        x = rng.integers(0, 80, (n, *shape)).astype(np.uint8)
+        for c in range(classes):
+            for row in (2 * c % shape[0], (2 * c + 1) % shape[0]):
+                x[y == c, row] += 150
         return x, y
 
-    return data.Dataset(*make(n_train), *make(n_test), name="mnist", version="synthetic", source="test")
+    return data.Dataset(*make(n_train), *make(n_test), name="synthetic", source="test")
 
 
 def synthetic_history(steps: int = 300, eval_every: int = 50, layers: int = 5, members: int | None = None,
@@ -89,35 +98,6 @@ def repo_root() -> Path:
 
 
 @pytest.fixture(scope="session")
-def synthetic_dataset() -> data.Dataset:
+def synthetic_dataset():
     """``synthetic()`` with its defaults, made once per session (tests must not modify it)."""
     return synthetic()
-
-
-def device_data(ds: data.Dataset):
-    """``ds`` as the device arrays the loop trains on (test images scaled once, as run.py does)."""
-    import jax.numpy as jnp
-
-    from jaxmlp import loop
-
-    return loop.Data(jnp.asarray(ds.train_images), jnp.asarray(ds.train_labels, jnp.int32),
-                     jnp.asarray(ds.test_images, jnp.float32) / 255.0,
-                     jnp.asarray(ds.test_labels, jnp.int32))
-
-
-def first_nonfinite_by_replay(config, ds: data.Dataset) -> int | None:
-    """The first step (1-based) whose minibatch loss is not finite when the single model
-    ``config`` describes is replayed one ``train.train_step`` at a time, on the batches the
-    run draws, with no guard: an independent reference for where the guard marks divergence."""
-    import jax
-    import numpy as np
-
-    from jaxmlp import loop, train
-
-    state, _, orders = loop.init_run(config, len(ds.train_labels))
-    d = device_data(ds)
-    for t in range(config.steps):
-        state, m = train.train_step(state, loop.batch_at(d, orders, jax.numpy.int32(t), config.batch_size))
-        if not np.isfinite(float(m["loss"])):
-            return t + 1
-    return None

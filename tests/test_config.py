@@ -11,7 +11,7 @@ def test_defaults_are_the_original_experiment():
     assert (c.batch_size, c.steps, c.eval_every, c.log_every, c.seed) == (100, 10_000, 100, 1_000, 0)
     assert c.learning_rate * 1 / c.batch_size == pytest.approx(0.003)  # summed-loss lr of 2017
     assert c.init_stddev == 0.1 and c.dataset == "mnist"
-    assert c.num_evals == 101 and c.members == [(0, 0.3)] and not c.is_ensemble
+    assert c.num_evals == 101 and c.members == ((0, None),) and not c.is_ensemble
 
 
 @pytest.mark.parametrize("changes, fragment", [
@@ -34,7 +34,10 @@ def test_invalid_values_fail_with_one_line(changes, fragment):
 def test_round_trips_through_a_dict_and_ensemble_members_are_a_product():
     c = Config(hidden=[64, 32], seeds=[0, 1], learning_rates=[0.1, 0.3])
     assert Config.from_dict(c.to_dict()) == c
-    assert c.members == [(0, 0.1), (0, 0.3), (1, 0.1), (1, 0.3)]
+    assert c.members == ((0, 0.1), (0, 0.3), (1, 0.1), (1, 0.3))
+    assert c.member_names == ["seed 0, lr 0.1", "seed 0, lr 0.3", "seed 1, lr 0.1", "seed 1, lr 0.3"]
+    assert Config(seeds=(2, 5)).member_names == ["seed 2", "seed 5"]
+    assert Config(seeds=(2, 5)).members == ((2, None), (5, None))  # the optimizer's own rate
     with pytest.raises(ConfigError):
         Config.from_dict({**c.to_dict(), "momentum": 0.9})
 
@@ -84,3 +87,10 @@ def test_resume_refuses_what_defines_the_run(field, value):
     with pytest.raises(ConfigError, match="drop --" + field.replace("_", "-")):
         resumed(saved, **{field: value})
     assert resumed(saved, **{field: getattr(saved, field)}) == saved  # the same value is fine
+
+
+def test_config_imports_no_jax():
+    import subprocess
+    import sys
+    code = "import sys, jaxmlp.config; assert 'jax' not in sys.modules, 'jax imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -74,7 +74,7 @@ def reference_lr(c: Config, count: int) -> float:
 
 def _state(name, seed=0, **overrides):
     c = Config.from_preset(name, **overrides)
-    return c, loop.init_state(jax.random.key(seed), c)
+    return c, loop.mlp_init(c)(jax.random.key(seed))
 
 
 # Initialisation --------------------------------------------------------------------------
