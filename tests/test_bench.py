@@ -1,359 +1,208 @@
-"""The benchmark measures like with like: same numbers from every path, sane FLOPs, full output.
+"""The benchmark measures like with like: the plain-JAX program computes jaxmlp's step,
+repeats are interleaved, ratios are ratios of medians, the doc is rendered from the JSON.
 
 No timing assertions: timings on a shared machine are noise.
 """
 
+import gzip
 import importlib.util
 import json
 import os
-import subprocess
-import sys
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import ROOT, child_env
+from conftest import ROOT
 
 from jaxmlp import loop, model, train
-from jaxmlp.bench import accelerator, data as bench_data, paths, processes, run, timing
+from jaxmlp.bench import plain, report, suite
 from jaxmlp.config import Config
 
-SMALL = Config(hidden=(32, 16))
-FASHION = "/usr/share/datasets/fashion-mnist"
+
+def test_interleaved_rotates_the_order_and_runs_each_contender_every_repeat():
+    calls = []
+    contenders = {n: (lambda n=n: calls.append(n) or {"value": len(calls)}) for n in "abc"}
+    runs = suite.interleaved(contenders, repeats=4)
+    assert calls == list("abc" "bca" "cab" "abc")
+    assert runs["b"] == [{"value": v} for v in (2, 4, 9, 11)]
 
 
-@pytest.fixture(scope="module")
-def small():
-    """(host arrays, device data, orders, state): 600 training examples, batch 50."""
-    host, data = bench_data.synthetic_data(seed=1, num_train=600, num_test=100)
-    orders = loop.epoch_orders(jax.random.key(2), num_epochs=2, num_examples=600)
-    return host, data, orders, loop.init_state(jax.random.key(3), SMALL)
+def test_ratios_are_ratios_of_medians_judged_on_the_target_side():
+    runs = lambda *v: [{"value": x} for x in v]  # noqa: E731
+    measured = {"whole_run": suite.summarize(runs(12, 10, 30), "s"),  # median 12, not the mean
+                "plain_jax": suite.summarize(runs(10, 11, 9), "s"),
+                "original": suite.summarize(runs(30, 29, 31), "s"),
+                "fused": suite.summarize(runs(1000, 900, 1100), "steps/s"),
+                "plain_scan": suite.summarize(runs(1000, 1000, 1000), "steps/s")}
+    assert measured["whole_run"] | {"runs": None} == {"unit": "s", "median": 12.0, "min": 10,
+                                                       "max": 30, "runs": None}
+    r = suite.ratios(measured)
+    assert set(r) == {"whole_run_vs_plain_jax", "fused_vs_plain_scan", "original_vs_whole_run"}
+    assert r["whole_run_vs_plain_jax"]["value"] == pytest.approx(1.2)
+    assert r["whole_run_vs_plain_jax"]["met"] is False  # a time ratio: at most 1.1
+    assert r["fused_vs_plain_scan"]["value"] == 1.0 and r["fused_vs_plain_scan"]["met"] is True
+    assert r["original_vs_whole_run"]["value"] == pytest.approx(2.5) and r["original_vs_whole_run"]["met"]
 
 
-@pytest.mark.parametrize("f32", [False, True], ids=["uint8", "float32"])
-def test_plain_jax_reference_equals_run_steps(small, f32):
-    """Same init, data and sampling: the hand-written loop reproduces jaxmlp's losses and params."""
-    _, data, orders, state = small
-    data = bench_data.as_float32(data) if f32 else data
-    carry = (paths.reference_params(state), jnp.zeros((), jnp.int32))
-    (ref_params, ref_step), ref = paths.reference_run_steps(
-        carry, data.train_images, data.train_labels, orders, train.learning_rate_of(state),
-        num_steps=15, batch_size=50)  # crosses the epoch boundary (12 steps per epoch)
-    ours, metrics = loop.run_steps(loop.copy_tree(state), data, orders, num_steps=15, batch_size=50)
-    np.testing.assert_allclose(ref["loss"], metrics["loss"], rtol=1e-5)
-    np.testing.assert_array_equal(ref["accuracy"], metrics["accuracy"])
-    assert int(ref_step) == int(ours.step) == 15
-    for (w, b), (w2, b2) in zip(ref_params, paths.reference_params(ours)):
-        np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-6)
+def _default_result():
+    s = lambda unit, v, **extra: {"unit": unit, "median": v, "min": v * 0.9, "max": v * 1.2,  # noqa: E731
+                                  "runs": [{"value": v, **extra}]}
+    parts = dict(startup_seconds=0.5, compile_seconds=0.01, train_seconds=9.5, write_seconds=1.25)
+    contenders = {"whole_run_cold": s("s", 20.0, final_test_accuracy=0.8812, **parts),
+                  "whole_run": s("s", 11.0, final_test_accuracy=0.8812, **parts),
+                  "plain_jax": s("s", 10.0, final_test_accuracy=0.8799),
+                  "original": s("s", 37.4, final_test_accuracy=0.8754, process_seconds=44.5,
+                                tensorflow="2.21.0"),
+                  "fused": s("steps/s", 1234.0, final_loss=0.3), "plain_scan": s("steps/s", 1200.0),
+                  "host_fed": s("steps/s", 600.0)}
+    env = {"backend": "cpu", "device_kind": "cpu", "cpu_count": 2, "date": "2026-01-01",
+           "jax": "0.10.2", "python": "3.11"}
+    return {"suite": "default", "data": "Fashion-MNIST", "environment": env, "contenders": contenders,
+            "config": {"steps": 10_000, "batch_size": 100, "eval_every": 100, "repeats": 5,
+                       "fused_steps": 1000},
+            "ratios": suite.ratios(contenders)}
 
 
-@pytest.mark.parametrize("variant", paths.VARIANTS)
-def test_every_timed_path_computes_the_same_losses(small, variant):
-    """Each timed loop, started from the same state, sees the same batches and losses (the
-    metrics-after path: the losses of the same updates, read after each)."""
-    host, data, orders, state = small
-    metrics = "after" if variant == "fused_after" else "before"
-    _, expected = loop.run_steps(loop.copy_tree(state), data, orders, num_steps=6, batch_size=50,
-                                 metrics=metrics)
-    timed = paths.make_loop(variant, loop.copy_tree(state), host=host, data=data, orders=orders,
-                            batch_size=50, scan_steps=3)
-    losses = np.concatenate([np.atleast_1d(timed.call()["loss"])
-                             for _ in range(6 // timed.steps_per_call)])
-    np.testing.assert_allclose(losses, expected["loss"], rtol=1e-5)
+def test_render_markdown_shows_every_figure_of_the_result():
+    text = report.render_markdown(_default_result(), sources=["docs/benchmark-cpu.json"])
+    assert text.startswith("<!-- Rendered from docs/benchmark-cpu.json ")
+    assert "| whole run, warm / plain-JAX program (time) | **1.10×** | ≤ 1.1× | yes |" in text
+    assert "| fused / plain-JAX scan (steps/s) | **1.03×** | ≥ 0.95× | yes |" in text
+    assert "| 2017 program / whole run, warm (time) | **3.40×** | ≥ 2.5× | yes |" in text
+    assert "| 2017 program / whole run, cold (time) | **1.87×** |  |  |" in text
+    assert "| fused / host-fed (steps/s) | **2.06×** |  |  |" in text
+    assert "| 11.00 s (9.90–13.20) | 0.8812 |" in text and "1,234 steps/s (1,111–1,481)" in text
+    assert "| 37.40 s (33.66–44.88) | 0.8754 |" in text
+    assert "write_seconds" not in text and "writing records 1.25 s" in text
+    assert "(TensorFlow 2.21.0: import, data, run): 44.5 s" in text
+    result = _default_result()
+    result["contenders"]["whole_run"]["median"] = 20.0
+    result["ratios"] = suite.ratios(result["contenders"])
+    assert "| **2.00×** | ≤ 1.1× | **no** |" in report.render_markdown(result)
 
 
-@pytest.mark.parametrize("kind", paths.KINDS)
-def test_ensemble_loop_runs_k_models_of_each_kind(small, kind):
-    """K seeds: own init and data order per member; K learning rates: one start, own rate."""
-    _, data, _, _ = small
-    config = paths.ensemble_config(kind, 2, SMALL.replace(batch_size=50), num_examples=600)
-    assert len(config.members) == 2 and config.steps == 24  # two epochs of 12 steps
-    seeds, lrs = zip(*config.members)
-    assert (len(set(seeds)), len(set(lrs))) == ((2, 1) if kind == "seeds" else (1, 2))
-    timed = paths.make_ensemble_loop(config, data=data, scan_steps=4)
-    loss = np.asarray(timed.call()["loss"])
-    assert loss.shape == (2, 4) and timed.models == 2 and np.isfinite(loss).all()
-    if kind == "seeds":
-        assert not np.allclose(loss[0], loss[1])
-    else:  # the same model and batch before the first update, then the rates tell
-        np.testing.assert_allclose(loss[0, 0], loss[1, 0], rtol=1e-5)
-        assert not np.allclose(loss[0, 1:], loss[1, 1:])
+def test_render_markdown_of_the_accelerator_suite():
+    s = lambda v: {"unit": "steps/s", "median": v, "min": v, "max": v, "runs": []}  # noqa: E731
+    cs = {"fused_b100": s(5000.0), "host_fed_b100": s(1000.0), "ensemble_k16": s(40_000.0)}
+    spec = {"fused_vs_host_fed_b100": ("", "fused_b100", "host_fed_b100", None, None),
+            "ensemble_k16_vs_one": ("", "ensemble_k16", "fused_b100", None, None)}
+    result = {**_default_result(), "suite": "accelerator", "contenders": cs,
+              "ratios": suite.ratios(cs, spec),
+              "config": {"steps": 500, "repeats": 3, "batch_sizes": [100], "ensemble_sizes": [16]}}
+    text = report.render_markdown(result)
+    assert "| 100 | 5,000 steps/s (5,000–5,000) | 1,000 steps/s (1,000–1,000) | **5.00×** |" in text
+    assert "| 16 | 40,000 steps/s (40,000–40,000) | **8.00×** |" in text
+    assert "How it is measured" not in text  # the default suite's notes only with its table
 
 
-def test_each_ensemble_is_compared_with_the_model_timed_in_turns_with_it(small, monkeypatch):
-    """Catches ``vs_single`` against one model timed once, minutes before the ensembles
-    (the machine's drift went into the ratio): every K is timed with a model of its own."""
-    from jaxmlp.bench import measure
-
-    _, data, _, _ = small
-    groups = []
-
-    def fake(loops, **_):  # group g: the model at 100 g steps/s, the ensembles just above it
-        groups.append([timed.models for timed in loops])
-        g = len(groups)
-        return [{"steps_per_s": timing.stats([100.0 * g + i]), "calls_per_repeat": 1,
-                 "steps_per_call": 1} for i in range(len(loops))]
-
-    monkeypatch.setattr(measure, "measure_side_by_side", fake)
-    out = measure.ensembles(SMALL.replace(batch_size=50), kinds=paths.KINDS, sizes=(2, 1), data=data,
-                            scan_steps=lambda k: 4, timing={})
-    assert groups == [[1, 1, 1], [1, 2, 2]]  # per K, increasing: one model first, then each kind
-    assert out["single"]["model_steps_per_s"] == 100.0
-    for row in out["rows"]:
-        g = 1 if row["k"] == 1 else 2
-        i = 1 + paths.KINDS.index(row["kind"])
-        assert row["single_model_steps_per_s"] == 100.0 * g
-        assert row["vs_single"] == pytest.approx((100.0 * g + i) * row["k"] / (100.0 * g))
+def test_plain_sgd_step_equals_train_step_from_the_same_parameters():
+    state, _, _ = loop.init_run(loop.mlp_init(Config()), ((0, None),), 10, 10, 64, 8, False)
+    params = model.layer_params(state.params)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 8).astype(np.int32)
+    new, loss = plain.sgd_step(params, images, labels)
+    state, m = train.train_step(state, {"image": images, "label": labels})
+    np.testing.assert_allclose(loss, m["loss"], rtol=1e-6)
+    for (w, b), (w2, b2) in zip(new, model.layer_params(state.params)):
+        np.testing.assert_allclose(w, w2, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(b, b2, rtol=1e-5, atol=1e-7)
 
 
-def test_flops_per_step_is_near_the_analytic_count(small):
-    _, data, orders, _ = small
-    hidden = run.DEFAULT_HIDDEN
-    state = loop.init_state(jax.random.key(0), Config(hidden=hidden))
-    info = timing.flops_per_step(state, data, orders, batch_size=100, scan_steps=4)
-    analytic = timing.analytic_flops(hidden, 100)
-    assert analytic["weights"] == 784 * 200 + 200 * 100 + 100 * 60 + 60 * 30 + 30 * 10
-    if info["xla_flops_per_step"] is None:
-        pytest.skip("this backend gives no cost analysis")
-    assert 0.5 <= info["xla_flops_per_step"] / analytic["six_bw"] <= 2.0
+def test_plain_program_trains_and_scores_on_its_schedule():
+    rng = np.random.default_rng(1)
+    tr = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8), rng.integers(0, 10, 40).astype(np.int32)
+    te = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8), rng.integers(0, 10, 30).astype(np.int32)
+    key = jax.random.key(3)
+    params, h = plain.program(key, *tr, *te, num_steps=6, batch_size=10, eval_every=3)
+    assert h["train_loss"].shape == (6,) and h["test_accuracy"].shape == h["test_loss"].shape == (3,)
+    init_key, order_key = jax.random.split(key)
+    p = plain.init_params(init_key)
+    batches = plain.batch_indices(order_key, 6, 10, 40)
+    assert sorted(np.asarray(batches[:4]).ravel().tolist()) == list(range(40))  # an epoch: each once
+    losses = []
+    for t, idx in enumerate(np.asarray(batches)):
+        if t % 3 == 0:  # scored at step 0 and after every 3 steps
+            z = plain.logits(p, te[0])
+            np.testing.assert_allclose(h["test_loss"][t // 3], plain.cross_entropy(z, te[1]), rtol=1e-5)
+            assert h["test_accuracy"][t // 3] == pytest.approx(float(jnp.mean(jnp.argmax(z, -1) == te[1])))
+        p, loss = plain.sgd_step(p, tr[0][idx], tr[1][idx])
+        losses.append(loss)
+    np.testing.assert_allclose(h["train_loss"], losses, rtol=1e-5)
+    z = plain.logits(params, te[0])
+    np.testing.assert_allclose(h["test_loss"][-1], plain.cross_entropy(z, te[1]), rtol=1e-5)
 
 
-def test_device_peak_table_matches_common_device_kinds():
-    class Dev:
-        def __init__(self, kind, platform="gpu"):
-            self.device_kind, self.platform = kind, platform
-
-    peak = lambda *args: timing.device_peak(Dev(*args))
-    assert peak("NVIDIA H100 80GB HBM3")["name"] == "H100 SXM"
-    assert peak("NVIDIA H100 PCIe")["name"] == "H100 PCIe"
-    assert peak("NVIDIA H200")["precision"] == "tf32"
-    assert peak("NVIDIA A100-SXM4-40GB")["precision"] == "tf32"
-    assert peak("NVIDIA L40S")["name"] == "L40S" and peak("NVIDIA L4")["name"] == "L4"
-    assert peak("Tesla T4")["precision"] == "fp32"
-    assert peak("TPU v5 lite", "tpu")["name"] == "TPU v5e"
-    assert peak("TPU v5", "tpu")["name"] == "TPU v5p"
-    assert peak("TPU v4", "tpu")["flops_per_s"] == 275e12
-    assert peak("Some New Chip") is None and peak("cpu", "cpu") is None
+def test_read_idx_reads_the_format_and_refuses_other_files(tmp_path):
+    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    path = tmp_path / "x.gz"
+    path.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + np.array([2, 3, 4], ">u4").tobytes()
+                                   + images.tobytes()))
+    np.testing.assert_array_equal(suite.read_idx(path), images)
+    path.write_bytes(gzip.compress(bytes([0, 0, 9, 1, 0, 0, 0, 1, 5])))  # int8, not uint8
+    with pytest.raises(ValueError, match="not an IDX file of uint8"):
+        suite.read_idx(path)
 
 
-def test_bad_config_is_refused_before_any_work():
-    with pytest.raises(ValueError, match="unknown variants"):
-        run.BenchConfig(variants=("fused", "nope"))
-    with pytest.raises(ValueError, match="batch size"):
-        run.BenchConfig(batch_sizes=(0,))
-    with pytest.raises(ValueError, match="unknown ensemble kinds"):
-        run.BenchConfig(ensemble_kinds=("widths",))
-    with pytest.raises(ValueError, match="unknown variants"):
-        accelerator.AcceleratorConfig(sweep_variants=("nope",))
-    with pytest.raises(ValueError):  # eval_every (100) must divide the schedule
-        accelerator.AcceleratorConfig(schedule_steps=150)
+def test_docs_performance_md_is_rendered_from_its_json():
+    """Catches a hand-edited doc, or a JSON rerun without regenerating the doc."""
+    doc = ROOT / "docs" / "performance.md"
+    if not doc.exists():
+        pytest.skip("docs/performance.md is written by the benchmark's final run")
+    text = doc.read_text(encoding="utf-8")
+    sources = re.match(r"<!-- Rendered from (.*?) by ", text).group(1).split()
+    results = [json.loads((ROOT / s).read_text()) for s in sources]
+    assert text == report.render_markdown(*results, sources=sources)
 
 
-def test_learnable_data_is_learnable_and_npz_data_round_trips(tmp_path):
-    d = bench_data.learnable_dataset(seed=0, num_train=2_000, num_test=500)
-    assert d.train_images.dtype == np.uint8 and d.train_images.shape == (2_000, 28, 28)
-    # The class maps differ, so class means separate the classes well above chance (0.1).
-    means = np.stack([d.train_images[d.train_labels == c].reshape(-1, 784).mean(0) for c in range(10)])
-    guess = np.argmax(d.test_images.reshape(-1, 784) @ (means - means.mean(0)).T, -1)
-    assert np.mean(guess == d.test_labels) > 0.5
-    path = tmp_path / "d.npz"
-    np.savez(path, **{k: getattr(d, k) for k in bench_data.SPLIT_KEYS})
-    back = bench_data.npz_dataset(str(path))
-    for k in bench_data.SPLIT_KEYS:
-        np.testing.assert_array_equal(getattr(back, k), getattr(d, k))
-    np.savez(path, train_images=d.train_images)
-    with pytest.raises(ValueError, match="lacks"):
-        bench_data.npz_dataset(str(path))
+def _script():
+    spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-# Runs the script given as argv[1] with TensorFlow and TFDS unimportable, as on the GPU machine.
-_WITHOUT_TF = """
-import runpy, sys
-class Block:
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("tensorflow", "tensorflow_datasets"):
-            raise ImportError(name + " is not installed here")
-sys.meta_path.insert(0, Block())
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-"""
+@pytest.mark.slow
+def test_default_suite_end_to_end(tmp_path):
+    """The script at 200 steps, 2 repeats: every contender, the 2017 program's child process
+    too; the three seed runs reach the same accuracy, the three training paths the same loss."""
+    out, md = tmp_path / "bench.json", tmp_path / "performance.md"
+    synthetic = [] if os.path.isdir(suite.FASHION) else ["--synthetic"]
+    assert _script().main(["--steps", "200", "--repeats", "2", "--json", str(out),
+                           "--markdown", str(md), "--quiet", *synthetic]) == 0
+    result = json.loads(out.read_text())
+    cs = result["contenders"]
+    assert set(cs) == {"whole_run_cold", "whole_run", "plain_jax", "original", "fused",
+                       "plain_scan", "host_fed"}
+    assert all(len(c["runs"]) == (1 if n == "whole_run_cold" else 2) for n, c in cs.items())
+    assert result["config"] == {"steps": 200, "batch_size": 100, "eval_every": 100, "repeats": 2,
+                                "fused_steps": 200}
+    accuracy = [r["final_test_accuracy"] for n in ("whole_run", "plain_jax", "original")
+                for r in cs[n]["runs"]]
+    assert max(accuracy) - min(accuracy) < 0.03 and min(accuracy) > (0.6 if not synthetic else 0.9)
+    losses = [r["final_loss"] for n in ("fused", "plain_scan", "host_fed") for r in cs[n]["runs"]]
+    np.testing.assert_allclose(losses, losses[0], rtol=1e-3)  # the same steps from the same state
+    assert {"startup_seconds", "compile_seconds", "train_seconds", "write_seconds"} <= set(cs["whole_run"]["runs"][0])
+    assert cs["whole_run"]["runs"][0]["compile_seconds"] < cs["whole_run_cold"]["runs"][0]["compile_seconds"]
+    assert set(result["ratios"]) == set(suite.RATIOS)
+    assert md.read_text() == report.render_markdown(result, sources=[str(out)])
+    rendered = tmp_path / "again.md"
+    assert _script().main(["--render", str(out), "--markdown", str(rendered)]) == 0
+    assert rendered.read_text() == md.read_text()
 
 
-def _benchmark(tmp_path, *args, without_tf=False):
-    """Run scripts/benchmark.py with ``args``; returns (stdout, JSON result, PNG path)."""
-    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
-    python = [sys.executable, "-c", _WITHOUT_TF] if without_tf else [sys.executable]
-    proc = subprocess.run(
-        [*python, os.path.join(ROOT, "scripts", "benchmark.py"), *args, "--quiet",
-         "--json", str(out), "--plot", str(png)],
-        # Two CPU devices whatever the cores: ensembles are also timed split over both.
-        capture_output=True, text=True, timeout=600, cwd=tmp_path,
-        env=child_env(XLA_FLAGS="--xla_force_host_platform_device_count=2"))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert png.stat().st_size > 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return proc.stdout, json.loads(out.read_text()), png
-
-
-def test_loops_timed_in_turns_meet_the_same_drift():
-    """Two identical loops on a machine that slows to a third of its speed half way
-    through the measurement: timed in turns they measure alike. Catches timing them one
-    after the other, which put the whole slowdown on the second (a 3x ratio)."""
-    import time
-
-    calls = [0]
-
-    def call():  # one call per repeat (see target_seconds): calls 1-4 warm up, 5-16 are timed
-        calls[0] += 1
-        time.sleep(0.002 * (1 if calls[0] <= 10 else 3))
-        return jnp.zeros(())
-
-    a, b = timing.measure_side_by_side([paths.Loop(call, 1), paths.Loop(call, 1)], repeats=6,
-                                       target_seconds=1e-9, warmup_calls=1)
-    assert calls[0] == 16 and a["calls_per_repeat"] == b["calls_per_repeat"] == 1
-    assert 0.75 < a["steps_per_s"]["median"] / b["steps_per_s"]["median"] < 1 / 0.75
-    slow, fast = sorted(a["steps_per_s"]["values"])[0], sorted(a["steps_per_s"]["values"])[-1]
-    assert fast / slow > 2  # the drift was there to meet
-
-
-def test_quick_benchmark_writes_json_with_every_figure(tmp_path):
-    stdout, r, _ = _benchmark(tmp_path, "--quick", "--repeats", "2")
-    assert "fused / plain-JAX scan" in stdout  # the table was printed
-    assert {"config", "environment", "matmul_ceiling", "device_peak", "rows", "configs",
-            "ensembles", "ensemble_single", "ratios", "wall_seconds"} <= set(r)
-    env = r["environment"]
-    assert {"backend", "device_kind", "device_count", "versions"} <= set(env)
-    assert "tensorflow" not in env["versions"] and env["versions"]["jax"] == jax.__version__
-    assert {row["variant"] for row in r["rows"]} == set(paths.VARIANTS)
-    for row in r["rows"]:
-        assert row["steps_per_s"]["min"] <= row["steps_per_s"]["median"] <= row["steps_per_s"]["max"]
-        assert len(row["steps_per_s"]["values"]) == 2
-        assert {"examples_per_s", "achieved_flops_per_s", "vs_ceiling", "vs_peak"} <= set(row)
-    (c,) = r["configs"]
-    assert {"xla_flops_per_step", "analytic_flops", "compile_cold_s", "compile_warm_s",
-            "program_bytes", "peak_device_bytes"} <= set(c)
-    assert c["warm_cache_hits"] >= 1  # the warm compile came from the persistent cache
-    mem = r["memory_ceiling"]
-    assert mem["bytes"] == 2**24 and mem["bytes_per_s"] == max(mem["bytes_per_s_stats"]["values"]) > 0
-    param_bytes = 4 * model.num_params(loop.init_state(jax.random.key(0), Config()).params)
-    for kind in paths.KINDS:  # both kinds at every K, each against one model of the same run
-        ens = [e for e in r["ensembles"] if e["kind"] == kind]
-        assert [(e["k"], e["devices"]) for e in ens] == [(1, 1), (2, 1), (2, 2)]
-        for e in [r["ensemble_single"], *ens]:
-            k = e.get("k", 1)
-            # A step reads and writes every member's parameters at least once each.
-            assert e["xla_bytes_per_step"] >= 2 * k * param_bytes
-            assert e["achieved_bytes_per_s"] == pytest.approx(
-                e["xla_bytes_per_step"] * e["steps_per_s"]["median"])
-            assert e["vs_memory_ceiling"] == pytest.approx(e["achieved_bytes_per_s"] / mem["bytes_per_s"])
-        for e in ens:  # against the one model timed in turns with its K
-            assert e["vs_single"] == pytest.approx(e["model_steps_per_s"] / e["single_model_steps_per_s"])
-        assert ens[0]["single_model_steps_per_s"] == r["ensemble_single"]["model_steps_per_s"]
-        assert ens[1]["single_model_steps_per_s"] == ens[2]["single_model_steps_per_s"]
-    assert set(run.TARGETS) <= set(r["ratios"])
-    assert r["ratios"]["fused_vs_plain_jax"]["value"] > 0
-
-
-def _key_paths(obj, prefix=()) -> set:
-    """Every key path through nested dicts (lists are leaves)."""
-    if not isinstance(obj, dict):
-        return set()
-    return set().union(*({prefix + (k,)} | _key_paths(v, prefix + (k,)) for k, v in obj.items()))
-
-
-def test_quick_accelerator_suite_writes_every_part_and_the_same_keys_when_skipped(tmp_path):
-    """Parts (a)-(e) without TensorFlow or TFDS (the GPU machine has neither), then a budget
-    too small for any of them: every part says what it skipped, under the same keys."""
-    stdout, r, _ = _benchmark(tmp_path, "--suite", "accelerator", "--quick", without_tf=True)
-    assert "(e) seeds as one ensemble" in stdout
-    assert {"suite", "config", "environment", "matmul_ceiling", "device_peak", "paths", "batch_sweep",
-            "ensembles", "data", "seed_schedule", "seed_ensemble", "targets", "wall_seconds"} <= set(r)
-    assert {row["variant"] for row in r["paths"]["rows"]} == set(paths.VARIANTS)
-    assert [row["batch_size"] for row in r["batch_sweep"]["rows"]] == [100, 100, 1000, 1000]
-    assert [(e["k"], e["kind"], e["devices"]) for e in r["ensembles"]["rows"]] == [
-        (k, kind, d) for k in (1, 8) for kind in paths.KINDS for d in ((1,) if k == 1 else (1, 2))]
-    assert set(r["ensembles"]["best"]) == set(paths.KINDS)
-    assert not (r["batch_sweep"]["skipped"] or r["ensembles"]["skipped"])
-    d, e = r["seed_schedule"], r["seed_ensemble"]
-    assert d["skipped"] is None and d["steps"] == 300 and d["models"] == 1
-    assert 0.3 < d["final_test_accuracy"] <= 1.0  # learnable data: well above chance (0.1)
-    assert e["skipped"] is None and e["models"] == 8 and len(e["final_test_accuracy"]) == 8
-    acc = e["accuracy"]
-    assert acc["min"] <= acc["percentiles"]["50"] <= acc["max"] and acc["std"] >= 0
-    assert set(r["targets"]) == set(accelerator.TARGETS)
-    _, skipped, _ = _benchmark(tmp_path, "--suite", "accelerator", "--quick", "--budget", "0.001")
-    assert _key_paths(skipped) == _key_paths(r)
-    assert skipped["paths"]["skipped"] == [100] and skipped["batch_sweep"]["skipped"] == [100, 1000]
-    assert not skipped["ensembles"]["rows"] and len(skipped["ensembles"]["skipped"]) == 6
-    assert skipped["seed_schedule"]["skipped"] and skipped["seed_ensemble"]["skipped"]
-
-
-def test_suite_flags_are_checked(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "benchmark.py"),
-                           "--suite", "accelerator", "--whole-run"],
-                          capture_output=True, text=True, timeout=120, env=child_env())
-    assert proc.returncode == 2 and "--whole-run not used by --suite accelerator" in proc.stderr
-
-
-@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None or not os.path.isdir(FASHION),
-                    reason="needs TensorFlow and the Fashion-MNIST IDX files")
-def test_whole_run_times_jaxmlp_and_the_2017_program_on_the_same_data(tmp_path):
-    said = []
-    r = processes.whole_run(dataset="fashion_mnist", manual_dir=FASHION,
-                            data_dir=str(tmp_path / "tfds"), steps=200, repeats=2, log=said.append)
-    # Cold once, then warm runs and the original alternating.
-    order = [("cold" if "cold" in s else "warm") if "scripts/train.py" in s else "2017"
-             for s in said if "scripts/train.py" in s or "2017" in s]
-    assert order == ["cold", "warm", "2017", "warm", "2017"], said
-    assert "error" not in r["prepare"] and r["prepare"]["source"] == "manual"
-    cold, ours, original = r["jaxmlp_cold"], r["jaxmlp"], r["original"]
-    assert not {"error"} & (set(cold) | set(ours) | set(original)), (cold, ours, original)
-    assert cold["steps"] == ours["steps"] == original["steps"] == 200
-    for run_ in (cold, ours):
-        assert {"startup_seconds", "compile_seconds", "train_seconds", "eval_seconds",
-                "process_seconds"} <= set(run_)
-    assert original["data_source"] == "cache"  # the arrays jaxmlp prepared
-    assert len(original["test_accuracy"]) == 3  # step 0, 100, 200
-    for acc in (ours["final_test_accuracy"], original["final_test_accuracy"]):
-        assert 0.5 < acc <= 1.0  # Fashion-MNIST after 200 steps: learning, whichever program
-    for key, ran in (("original_vs_jaxmlp", ours), ("original_vs_jaxmlp_cold", cold)):
-        assert r[key] == pytest.approx(original["process_seconds"] / ran["process_seconds"])
-    # Two warm runs and two of the original, each reported by its slower (upper median) run.
-    assert len(cold["process_seconds_runs"]) == 1
-    for ran in (ours, original):
-        assert len(ran["process_seconds_runs"]) == 2
-        assert ran["process_seconds"] == max(ran["process_seconds_runs"])
-
-
-def test_timed_repeats_run_with_the_gc_off_and_leave_it_as_it_was():
-    """The timing rule in ``jaxmlp.bench.timing``'s docstring. Catches a collection left
-    free to land inside a timed repeat, and a measurement that leaves the GC off."""
-    import gc
-
-    seen = []
-
-    def call():
-        seen.append(gc.isenabled())
-        return jnp.zeros(())
-
-    assert gc.isenabled()
-    timing.measure(paths.Loop(call, 1), repeats=3, target_seconds=1e-9, warmup_calls=1)
-    assert seen[:2] == [True, True] and seen[2:] == [False] * 3  # warm-up, then the repeats
-    assert gc.isenabled()
-
-
-def test_a_failing_child_is_reported_in_the_result_never_raised(tmp_path):
-    """``jaxmlp.bench.processes``: a child that fails, or outlives its time, gives a result
-    with its 'error' (the last line it printed), so one failure does not lose the rest of a
-    benchmark."""
-    from jaxmlp.bench import processes
-
-    fails = [sys.executable, "-c", "import sys; print('error: no data here', file=sys.stderr); sys.exit(1)"]
-    assert processes._child(fails, str(tmp_path / "none.json"), timeout_s=60) == \
-        (None, {"error": "exit 1: error: no data here"})
-    hangs = [sys.executable, "-c", "import time; time.sleep(30)"]
-    assert processes._child(hangs, str(tmp_path / "none.json"), timeout_s=1) == \
-        (None, {"error": "timed out after 1 s"})
-    r = processes.measure_startup(dataset="fashion_mnist", manual_dir=str(tmp_path / "no-such-dir"))
-    assert "error" in r and str(tmp_path / "no-such-dir") in r["error"]
+@pytest.mark.slow
+def test_accelerator_suite_small():
+    arrays = suite.synthetic_arrays(num_train=2_000, num_test=500)
+    result = suite.run_accelerator(arrays, "synthetic", steps=20, repeats=2, batch_sizes=(100, 1000),
+                                   ensemble_sizes=(3,))
+    cs = result["contenders"]
+    assert set(cs) == {"fused_b100", "host_fed_b100", "fused_b1000", "host_fed_b1000", "ensemble_k3"}
+    for b in (100, 1000):  # the same 20 steps from the same state, fused or fed from the host
+        np.testing.assert_allclose(cs[f"fused_b{b}"]["runs"][0]["final_loss"],
+                                   cs[f"host_fed_b{b}"]["runs"][0]["final_loss"], rtol=1e-4)
+    assert cs["ensemble_k3"]["unit"] == "model-steps/s"
+    assert set(result["ratios"]) == {"fused_vs_host_fed_b100", "fused_vs_host_fed_b1000", "ensemble_k3_vs_one"}
+    assert "| 3 | " in report.render_markdown(result)

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 from conftest import ROOT, child_env
 
 _WORKER = textwrap.dedent("""
@@ -41,6 +42,7 @@ def _worker(out, process_id=0, num_processes=1, address=""):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     address = f"127.0.0.1:{_free_port()}"
     pair = [_worker(str(tmp_path / "two"), i, 2, address) for i in range(2)]

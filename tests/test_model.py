@@ -3,10 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
-from jaxmlp import model, train
+from jaxmlp import model
 from jaxmlp.config import Config
 
 
@@ -23,18 +22,20 @@ def test_default_model_has_the_original_shapes_and_185300_parameters():
     assert model.num_params(_params(model.from_config(Config(), jax.random.key(0)))) == 185_300
 
 
-def test_logits_shape_and_uint8_equals_scaled_float():
-    """The step scales uint8 images itself; the module takes (B, 28, 28) or (B, 784) floats."""
+def test_logits_shape_and_the_mlp_scales_uint8_itself():
+    """uint8 pixels become [0, 1] inside the MLP; float images are taken as they are."""
     mlp = model.MLP((64, 32), rngs=nnx.Rngs(0))
-    state = train.TrainState.create(mlp, optax.sgd(0.1))
     images = jnp.asarray(np.random.default_rng(0).integers(0, 256, (7, 28, 28), dtype=np.uint8))
-    logits = train.forward(state, state.params, images, train=False)[0]
+    logits = mlp(images)
     assert logits.shape == (7, 10) and logits.dtype == jnp.float32
-    as_float = mlp(images.astype(jnp.float32).reshape(7, 784) / 255.0)
-    np.testing.assert_allclose(logits, as_float, rtol=1e-6, atol=1e-6)
-    scaled = model.scale_images(images)
-    assert scaled.dtype == jnp.float32 and float(scaled.max()) <= 1.0
-    np.testing.assert_array_equal(scaled, images.astype(np.float32) / 255.0)
+    np.testing.assert_allclose(logits, mlp(images.astype(jnp.float32).reshape(7, 784) / 255.0),
+                               rtol=1e-6, atol=1e-6)
+    assert not np.allclose(logits, mlp(images.astype(jnp.float32)))  # floats are not rescaled
+
+
+def test_other_shapes_and_class_counts():
+    rgb = model.from_config(Config(hidden=(8,)), jax.random.key(0), image_shape=(8, 8, 3), num_classes=5)
+    assert rgb(jnp.zeros((2, 8, 8, 3), jnp.uint8)).shape == (2, 5)
 
 
 def test_init_is_truncated_normal_with_zero_biases():

@@ -84,6 +84,7 @@ def test_a_users_cnn_ensemble_writes_every_record(cnn_runs):
     out = root / "whole"
     for name in (records.CONFIG, records.HISTORY, records.SUMMARY, records.CHECKPOINTS, *records.FIGURES):
         assert (out / name).exists(), name
+    assert sorted(os.listdir(out / records.CHECKPOINTS), key=int) == ["40", "60", "80"]  # the last 3
     with np.load(out / records.HISTORY) as h:
         assert h["train_top2"].shape == (2, 80) and h["test_top2"].shape == (2, 5)
         assert np.all(h["test_top2"] >= h["test_accuracy"])
@@ -180,3 +181,10 @@ def test_without_a_folder_nothing_is_written_and_the_result_is_returned(tmp_path
     result = run.train_and_evaluate(SMALL, dataset=synthetic(300, 60), quiet=True)
     assert os.listdir(tmp_path) == []
     assert result.history["test_accuracy"].shape == (3,) and result.summary["steps"] == 40
+
+
+def test_several_processes_refuse_checkpoints_and_resume_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    for config, resume in ((SMALL.replace(checkpoint_every=20), False), (SMALL, True)):
+        with pytest.raises(ConfigError, match="not supported with several processes"):
+            run.train_and_evaluate(config, dataset=synthetic(300, 60), out_dir=tmp_path, resume=resume)
