@@ -49,22 +49,22 @@ class Config:
     test_split: str = _field("test", "TFDS split string scored every eval_every steps")
     # The MLP front end (the default init): 784 -> hidden... -> 10. Your own ``init`` replaces
     # these fields and the optimizer's.
-    preset: str = _field("relu", "the ladder rung the MLP fields came from (see PRESETS)")
-    hidden: tuple[int, ...] = _field((200, 100, 60, 30), "hidden layer widths, comma-separated "
+    preset: str = _field("relu", "MLP front end: the ladder rung its fields came from (see PRESETS)")
+    hidden: tuple[int, ...] = _field((200, 100, 60, 30), "MLP front end: hidden layer widths, comma-separated "
                                                          "('' for none: softmax regression)")
-    activation: str = _field("relu", f"hidden activation: {', '.join(ACTIVATIONS)}")
-    init_stddev: float = _field(0.1, "weights ~ truncated normal(0, stddev) cut at 2 stddev "
+    activation: str = _field("relu", f"MLP front end: hidden activation: {', '.join(ACTIVATIONS)}")
+    init_stddev: float = _field(0.1, "MLP front end: weights ~ truncated normal(0, stddev) cut at 2 stddev "
                                      "(0: all zeros)")
-    bias_init: float = _field(0.0, "initial bias of the hidden layers (the output layer's is 0)")
-    dropout: float = _field(0.0, "dropout rate after each hidden layer in training "
+    bias_init: float = _field(0.0, "MLP front end: initial bias of the hidden layers (the output layer's is 0)")
+    dropout: float = _field(0.0, "MLP front end: dropout rate after each hidden layer in training "
                                  "(0.25 is the talk's pkeep 0.75)")
     # The MLP front end's optimizer, on the batch-mean cross-entropy (see the module docstring).
-    optimizer: str = _field("sgd", f"one of {', '.join(OPTIMIZERS)}")
-    learning_rate: float = _field(0.3, "learning rate on the batch-mean loss, the peak of a "
+    optimizer: str = _field("sgd", f"MLP front end: one of {', '.join(OPTIMIZERS)}")
+    learning_rate: float = _field(0.3, "MLP front end: learning rate on the batch-mean loss, the peak of a "
                                        "decay (0.3 == 0.003 on the summed loss at batch 100)")
-    lr_decay_steps: int = _field(0, "lr = lr_min + (learning_rate - lr_min) * exp(-step / this) "
+    lr_decay_steps: int = _field(0, "MLP front end: lr = lr_min + (learning_rate - lr_min) * exp(-step / this) "
                                     "(0: constant)")
-    lr_min: float = _field(0.0, "the decayed learning rate's floor")
+    lr_min: float = _field(0.0, "MLP front end: the decayed learning rate's floor")
     batch_size: int = _field(100, "training batch size")
     steps: int = _field(10_000, "training steps")
     # Evaluation and reporting.

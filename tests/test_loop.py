@@ -132,3 +132,21 @@ def test_percentiles_are_numpys_for_small_layers_and_bound_big_ones():
     p = np.asarray(loop._percentiles(jnp.asarray(big), q))
     assert p[0] == big.min() and p[-1] == big.max()
     np.testing.assert_allclose(p[1:-1], np.percentile(big, np.asarray(q[1:-1])), atol=0.1)
+
+
+def test_your_optimizer_is_used_as_given_unless_a_sweep_replaces_its_rate():
+    import optax
+    from flax import nnx
+
+    from jaxmlp.model import MLP
+
+    def init(key):
+        tx = optax.inject_hyperparams(optax.sgd)(learning_rate=0.05)
+        return train.TrainState.create(MLP((8,), rngs=nnx.Rngs(key)), tx)
+
+    config = CONFIG.replace(learning_rate=0.3)  # an MLP front-end field: not yours
+    state, _, _ = loop.init_run(init, config.members, 40, 20, 1000, 50, False)
+    assert float(state.opt_state.hyperparams["learning_rate"]) == pytest.approx(0.05)
+    swept = config.replace(learning_rates=(0.1, 0.2))
+    state, _, _ = loop.init_run(init, swept.members, 40, 20, 1000, 50, True)
+    np.testing.assert_allclose(state.opt_state.hyperparams["learning_rate"], [0.1, 0.2])
