@@ -1,75 +1,50 @@
-"""MNIST-family data as host numpy arrays: TFDS, local IDX files, a warm cache.
+"""MNIST-family data as host numpy arrays, through TensorFlow Datasets, with a warm cache.
 
-``load(name, data_dir=, manual_dir=, train_split=, test_split=)`` looks in
-this order and stops at the first hit:
+``load(name, ...)`` returns a ``Dataset`` from the first of these that applies:
 
-1. ``tfds.testing.mock_data`` is active: TFDS's fake examples (never cached).
-2. The warm cache (``jaxmlp.data_cache``)
-   ``<data_dir>/jaxmlp_cache/<name>/<version>/<split>.npz``, one file per
-   split string (``train``, ``train[5000:]``, ...): decoded uint8 arrays.
-   This path imports neither TFDS nor TensorFlow: the dataset version comes
-   from a note the cold path leaves for the installed TFDS release, and a
-   split string has an entry only once TFDS has read it. An entry counts
-   only while the TFDS dataset it was decoded from is still in
-   ``<data_dir>`` unchanged (names, sizes and mtimes of its files).
-3. The TFDS dataset already prepared in ``<data_dir>/<name>/<version>``:
-   each split string not cached yet is read through TFDS's own split API
-   (``builder.as_dataset(split=...)``), decoded once through TensorFlow, then
-   cached.
-4. ``manual_dir``: the four IDX files are validated here (``jaxmlp.idx``),
-   then prepared through TFDS, decoded and cached.
-5. A download by TFDS, but only after a quick TCP probe of the builder's
-   download host (or proxy); when it is unreachable, a ``DataError`` within
-   seconds instead of TFDS's minutes of retries.
+1. ``tfds.testing.mock_data`` is active: TFDS's fake examples, never cached. (The mock
+   ignores slices: every split string gives all its fake examples.)
+2. The warm cache, ``<data_dir>/<name>/<version>/jaxmlp-<split>.npz``: one file per split
+   string, inside the TFDS folder it was decoded from, so it goes when that folder goes.
+   Reading it imports TFDS (to learn the version) but not TensorFlow.
+3. The TFDS dataset prepared in ``<data_dir>``: each split string not cached yet is read
+   by TFDS (``builder.as_dataset(split=...)``), decoded once by TensorFlow, and cached.
+4. ``manual_dir``: its four IDX files are checked (``jaxmlp.idx``), then prepared by TFDS's
+   own builder for ``name``, subclassed to read them instead of the network. The name,
+   version, features, class names, example keys (so the order) and folder are those of a
+   download, so ``tfds.load(name, data_dir=...)`` finds it later too.
+5. A download by TFDS, once a quick TCP probe of its host answers; offline, a one-line
+   ``DataError`` within seconds instead of TFDS's minutes of retries.
 
-So ``manual_dir`` is read only while ``<name>`` is not prepared in
-``data_dir``; to rebuild from other files use a fresh data dir or delete
-``<data_dir>/<name>/<version>`` (its cache entry then stops counting).
-
-Why subclass TFDS's own builders for step 4 (rather than a builder of our
-own with one config per dataset): the subclass keeps the official name,
-version, features and class names and only changes where the four files
-come from (``dl_manager.manual_dir`` instead of a download). The result is
-the same ``<data_dir>/<name>/<version>`` a download produces, with the same
-example keys and so the same order, and ``tfds.load(name, data_dir=...)``
-finds it later, with or without jaxmlp.
-
-Split strings are TFDS's (https://www.tensorflow.org/datasets/splits):
-``train[5000:]`` is ``train`` minus its first 5,000 examples *in TFDS's
-order*, ``test[:10%]``, ``train+test``... jaxmlp never parses a slice itself:
-TFDS checks the syntax and split names before any work starts, and the slice
-bounds once the split sizes are known (after preparing).
-
-Nothing half-built is ever left in ``data_dir``: TFDS prepares into a
-private staging folder inside it, which is renamed into place only when
-complete and deleted on any failure. Cache files are written to a temporary
-name and ``os.replace``-d.
+``manual_dir`` is read only while ``name`` is not prepared in ``data_dir``. Steps 3-5 need
+TensorFlow, the ``prepare`` extra. Split strings are TFDS's own (``train[5000:]``,
+``test[:10%]``, ``train+test``): TFDS parses them, jaxmlp never does. Nothing half-built is
+left in ``data_dir``: TFDS prepares into a staging folder inside it, renamed into place only
+when complete, and cache files are written atomically.
 """
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import threading
-import types
 import urllib.parse
 import urllib.request
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 
-from jaxmlp import data_cache, idx
+from jaxmlp import idx, records
 from jaxmlp.config import DATASETS
 
-PROBE_TIMEOUT_S = 4.0  # TCP connect to the download host; keeps the offline error well under 10 s
+PROBE_TIMEOUT_S = 4.0  # TCP connect to the download host: the offline error comes within seconds
 SPLITS = ("train", "test")  # the splits every dataset in DATASETS has
-SPLIT_EXAMPLE = "'train[5000:]' (train minus its first 5000), 'test', 'train[:10%]'"
-_STAGING_PREFIX = ".jaxmlp-prepare-"
-_README_OFFLINE = 'README, section "Offline"'
+SPLIT_EXAMPLE = "e.g. 'train[5000:]' (train minus its first 5000), 'test', 'test[:10%]'"
+PREPARE_EXTRA = "pip install 'jaxmlp[prepare]' (in a checkout: pip install -e '.[prepare]')"
 
 
 class DataError(RuntimeError):
@@ -77,282 +52,229 @@ class DataError(RuntimeError):
 
 
 class Dataset(NamedTuple):
-    train_images: np.ndarray  # (N, 28, 28) uint8
-    train_labels: np.ndarray  # (N,) int32 in [0, 10)
-    test_images: np.ndarray  # (M, 28, 28) uint8
-    test_labels: np.ndarray  # (M,) int32 in [0, 10)
-    name: str  # one of DATASETS
-    version: str  # TFDS dataset version, e.g. "3.0.1"
-    source: str  # where the arrays came from: cache | tfds | manual | download | mock
+    """Train and test arrays: images (N, ...) uint8 or float of any shape, labels (N,) int.
+
+    Only the arrays are required: ``Dataset(x_train, y_train, x_test, y_test)``.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    class_names: tuple[str, ...] | None = None  # label i is class_names[i]
+    name: str = "arrays"
+    version: str = ""  # the TFDS dataset version, e.g. "3.0.1"
+    source: str = "arrays"  # from TFDS: cache | tfds | manual | download | mock
     train_split: str = "train"  # the TFDS split strings the arrays hold
     test_split: str = "test"
 
 
 def load(name: str = "mnist", *, data_dir: str | None = None, manual_dir: str | None = None,
          train_split: str = "train", test_split: str = "test", progress: bool = True) -> Dataset:
-    """Load ``name`` (one of ``DATASETS``) as host numpy arrays.
+    """``name`` (one of ``DATASETS``) as uint8 images (N, 28, 28) and int32 labels (N,).
 
     Args:
       name: TFDS dataset name.
-      train_split, test_split: TFDS split strings, e.g. ``"train[5000:]"``
-        (the original's 55,000 training images), ``"test"``, ``"test[:50%]"``.
-      data_dir: TFDS data dir; None means TFDS's default (``$TFDS_DATA_DIR``
-        or ``~/tensorflow_datasets``).
-      manual_dir: folder with the four MNIST-format IDX ``.gz`` files, used to
-        prepare ``name`` when it is not prepared in ``data_dir`` yet.
-      progress: show TFDS's progress bars while preparing (False turns them off
-        for the process).
+      data_dir: TFDS data dir; None means TFDS's default (``$TFDS_DATA_DIR`` or
+        ``~/tensorflow_datasets``).
+      manual_dir: folder with the four MNIST-format IDX ``.gz`` files (``idx.FILES``), used
+        to prepare ``name`` when it is not prepared in ``data_dir`` yet.
+      train_split, test_split: TFDS split strings, e.g. ``"train[5000:]"``, ``"test[:50%]"``.
+      progress: TFDS's progress bars while preparing (False turns them off for the process).
 
     Raises:
-      DataError: unknown name or split, bad manual files, unwritable data dir, offline.
+      DataError: unknown name or split, bad manual files, no TensorFlow to prepare, offline.
     """
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; accepted: {', '.join(DATASETS)}")
-    # TFDS's default when None (computed the same way whether or not TFDS is imported).
-    data_dir = os.path.abspath(os.path.expanduser(data_dir or data_cache.default_data_dir()))
-    warm = _from_warm_cache(name, data_dir, (train_split, test_split))
-    if warm is not None:
-        return warm
-    import tensorflow_datasets as tfds  # ~0.5 s; does not import TensorFlow
+    import tensorflow_datasets as tfds  # ~0.8 s; imports no TensorFlow
 
-    splits = (_check_split(tfds, "train_split", train_split),
-              _check_split(tfds, "test_split", test_split))
+    roles = {"train_split": train_split, "test_split": test_split}
+    for role, split in roles.items():
+        _check_split(tfds, role, split)
     if not progress:
         tfds.disable_progress_bar()
-
     builder_cls = tfds.builder_cls(name)
     version = str(builder_cls.VERSION)
+    data_dir = os.path.abspath(os.path.expanduser(data_dir or tfds.core.constants.DATA_DIR))
+    about = dict(name=name, version=version, train_split=train_split, test_split=test_split)
+    if _is_mocked(tfds):  # TFDS ignores data_dir here, and fake data must reach no cache
+        builder = _tfds_with_tf(name).builder(name, data_dir=data_dir)
+        arrays = [a for split in roles.values() for a in _decode(builder, split)]
+        return Dataset(*arrays, _class_names(builder), source="mock", **about)
 
-    if _tfds_is_mocked(tfds):
-        # Fake data: TFDS ignores data_dir here, and nothing may reach a real cache.
-        return _from_mock(name, version, data_dir, splits)
-    cached = data_cache.read(data_dir, name, version, splits)
-    if len(cached) == len(splits):
-        data_cache.note_version(data_dir, name, version)  # warm next time
-        return Dataset(*cached[splits[0]], *cached[splits[1]], name, version, "cache", *splits)
-    if os.path.isfile(_info_path(data_dir, name, version)):
-        return data_cache.store(_from_tfds(name, version, data_dir, splits, source="tfds",
-                                           cached=cached), data_dir, skip=cached)
-    if manual_dir is not None:
-        manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
-        try:  # validate the decompressed content before TFDS touches anything
-            idx.read_dir(manual_dir)
-        except idx.IdxError as e:
-            raise DataError(f"bad --manual-dir for {name}: {e}; fix the files and run again "
-                            f"(nothing was written to {data_dir})") from e
-        _prepare(_manual_builder_cls(name), name, data_dir,
-                 what=f"from the files in {manual_dir}", manual_dir=manual_dir)
-        return data_cache.store(_from_tfds(name, version, data_dir, splits, source="manual"),
-                                data_dir)
-    url = getattr(builder_cls, "URL", None)
-    if url:
-        problem = _probe(url)
-        if problem:
-            raise DataError(_offline_message(name, version, data_dir, url, problem))
-    _prepare(builder_cls, name, data_dir, what=f"by downloading it from {url or 'its source'}")
-    return data_cache.store(_from_tfds(name, version, data_dir, splits, source="download"),
-                            data_dir)
+    folder = os.path.join(data_dir, name, version)
+    cached = {split: _read_cache(folder, split) for split in roles.values()}
+    if all(cached.values()):
+        (x, y, class_names), (xt, yt, _) = cached[train_split], cached[test_split]
+        return Dataset(x, y, xt, yt, class_names, source="cache", **about)
+    source = "tfds"
+    if not os.path.isfile(os.path.join(folder, "dataset_info.json")):
+        if manual_dir is not None:
+            manual_dir = os.path.abspath(os.path.expanduser(manual_dir))
+            try:  # the content is checked before TFDS (or TensorFlow) is involved
+                idx.read_dir(manual_dir)
+            except idx.IdxError as e:
+                raise DataError(f"bad --manual-dir for {name}: {e}; fix the files and run "
+                                f"again") from None
+            _prepare(_from_idx_files(builder_cls), name, data_dir, manual_dir)
+            source = "manual"
+        else:
+            problem = _probe(builder_cls.URL)
+            if problem:
+                raise DataError(_offline_message(name, data_dir, builder_cls.URL, problem))
+            _prepare(builder_cls, name, data_dir, None)
+            source = "download"
 
-
-def _from_warm_cache(name: str, data_dir: str, splits: tuple) -> Dataset | None:
-    """Both splits from the warm cache without importing TFDS (0.6 s of start-up here), or
-    None: then the full path runs (it also says what is wrong with a bad split). An active
-    ``tfds.testing.mock_data`` never sees real data."""
-    tfds = sys.modules.get("tensorflow_datasets")
-    if (tfds is not None and _tfds_is_mocked(tfds)) or not all(isinstance(s, str) and s.strip()
-                                                               for s in splits):
-        return None
-    warm = data_cache.read_warm(data_dir, name, splits)
-    if warm is None:
-        return None
-    version, cached = warm
-    return Dataset(*cached[splits[0]], *cached[splits[1]], name, version, "cache", *splits)
+    builder = _tfds_with_tf(name).builder(name, data_dir=data_dir)
+    sizes = {s: builder.info.splits[s].num_examples for s in SPLITS}
+    class_names = _class_names(builder)
+    for role, split in roles.items():
+        if not cached[split]:
+            _check_split(tfds, role, split, sizes)  # the slice bounds, now that sizes are known
+            cached[split] = (*_decode(builder, split), class_names)
+            _write_cache(folder, split, cached[split])
+    (x, y, _), (xt, yt, _) = cached[train_split], cached[test_split]
+    return Dataset(x, y, xt, yt, class_names, source=source, **about)
 
 
-# --- split strings -------------------------------------------------------------------------------
+def _check_split(tfds, role: str, split, sizes: dict[str, int] | None = None) -> None:
+    """A one-line DataError unless TFDS reads ``split`` as some examples of ``SPLITS``.
 
-def _check_split(tfds, role: str, split) -> str:
-    """``split`` if TFDS parses it and it names only splits the dataset has; else a DataError.
-
-    Split sizes are unknown until the dataset is prepared, so here the names are
-    resolved against unbounded sizes; ``_resolve`` checks the bounds later.
+    Before preparing, the split sizes are unknown (unbounded here): only the syntax, the
+    names and empty slices are checked; with ``sizes``, the bounds too.
     """
-    if not isinstance(split, str) or not split.strip():
-        raise DataError(f"bad {role} {split!r}: give a TFDS split string, e.g. {SPLIT_EXAMPLE}")
-    _resolve(tfds, role, split, dict.fromkeys(SPLITS, 2**62), sizes_known=False)
-    return split
-
-
-def _resolve(tfds, role: str, split: str, sizes: dict[str, int], *,
-             sizes_known: bool = True) -> list[tuple[str, int, int]]:
-    """TFDS's own reading of ``split`` given each split's size: [(split name, start, stop), ...]."""
+    sizes = sizes or dict.fromkeys(SPLITS, 2**62)
     infos = {s: tfds.core.SplitInfo(name=s, shard_lengths=[n], num_bytes=0, filename_template=None)
              for s, n in sizes.items()}
     try:
         parts = tfds.core.ReadInstruction.from_spec(split).to_absolute(infos)
-    except (ValueError, NotImplementedError, KeyError) as e:
-        # TFDS's parse errors repeat the format link over two lines; its last line is the point.
-        why = (str(e).strip().splitlines() or [type(e).__name__])[-1].strip().rstrip(".")
-        raise DataError(f"bad {role} {split!r}: {why}; use a TFDS split string over "
-                        f"{'/'.join(SPLITS)}, e.g. {SPLIT_EXAMPLE}") from None
-    ranges = [(p.splitname, *slice(p.from_, p.to).indices(sizes[p.splitname])[:2]) for p in parts]
-    if sum(max(stop - start, 0) for _, start, stop in ranges) == 0:
-        of = f" of {', '.join(f'{s} {n}' for s, n in sizes.items())}" if sizes_known else ""
-        raise DataError(f"bad {role} {split!r}: it selects no examples{of}; e.g. {SPLIT_EXAMPLE}")
-    return [(s, start, max(start, stop)) for s, start, stop in ranges]
+        count = sum(len(range(*slice(p.from_, p.to).indices(sizes[p.splitname]))) for p in parts)
+        why = "" if count else "it selects no examples"
+    except ValueError as e:  # TFDS's parse errors repeat a link over two lines; the last says it
+        why = (str(e).strip().splitlines() or ["unreadable"])[-1].rstrip(".")
+    if why:
+        raise DataError(f"bad {role} {split!r}: {why}; give a TFDS split string over "
+                        f"{'/'.join(SPLITS)}, {SPLIT_EXAMPLE}")
 
 
-# --- TFDS: preparing and decoding (the cold path; imports TensorFlow) ----------------------------
+# --- the warm cache ------------------------------------------------------------------------------
 
-def _prepare(builder_cls, name: str, data_dir: str, *, what: str, manual_dir: str | None = None):
+def _cache_path(folder: str, split: str) -> str:
+    # One file per split string; quoted, as "[", ":" and "%" are poor file-name characters.
+    return os.path.join(folder, f"jaxmlp-{urllib.parse.quote(split, safe='')}.npz")
+
+
+def _read_cache(folder: str, split: str) -> tuple | None:
+    """(images, labels, class_names) cached for ``split``, or None."""
+    try:
+        with np.load(_cache_path(folder, split)) as z:
+            return z["images"], z["labels"], tuple(z["class_names"].tolist()) or None
+    except Exception:  # missing, or not an entry of ours: decoded again and rewritten
+        return None
+
+
+def _write_cache(folder: str, split: str, entry: tuple) -> None:
+    images, labels, class_names = entry
+    try:
+        records.atomic_save_npz(_cache_path(folder, split), {
+            "images": images, "labels": labels, "class_names": np.array(class_names or (), str)})
+    except OSError as e:  # e.g. a shared read-only data dir: loads still work, only slower
+        warnings.warn(f"jaxmlp: cannot cache {split!r} in {folder} ({e}); the next load will "
+                      f"decode it again", stacklevel=3)
+
+
+# --- TFDS with TensorFlow: preparing and decoding -------------------------------------------------
+
+def _tfds_with_tf(name: str):
+    """TFDS with TensorFlow imported and kept off every GPU, or a DataError naming the extra."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # it only decodes PNGs; also quiets a notice
+    try:
+        import tensorflow as tf
+        import importlib_resources  # noqa: F401  (TFDS's builders need it to prepare)
+    except ImportError as e:
+        raise DataError(f"{name} is not in the warm cache, and preparing or decoding it through "
+                        f"TFDS needs TensorFlow ({e}): {PREPARE_EXTRA}") from None
+    import tensorflow_datasets as tfds
+
+    with contextlib.suppress(RuntimeError):  # TF already initialised elsewhere: too late to hide
+        tf.config.set_visible_devices([], "GPU")
+    return tfds
+
+
+def _prepare(builder_cls, name: str, data_dir: str, manual_dir: str | None) -> None:
     """Prepare ``name`` in a staging folder inside ``data_dir``; rename it in only when complete."""
+    tfds = _tfds_with_tf(name)
     try:
         os.makedirs(data_dir, exist_ok=True)
-        staging = tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=data_dir)
+        staging = tempfile.mkdtemp(prefix=".jaxmlp-prepare-", dir=data_dir)
     except OSError as e:
-        raise DataError(f"data dir {data_dir} cannot be written ({e.strerror or e}); "
-                        f"pass --data-dir with a writable folder") from e
+        raise DataError(f"data dir {data_dir} cannot be written ({e.strerror or e}); pass "
+                        f"--data-dir with a writable folder") from None
+    final = os.path.join(data_dir, name, str(builder_cls.VERSION))
     try:
-        tfds = _import_tfds_with_tf()
         builder = builder_cls(data_dir=staging)
-        # TFDS prints the folder it writes to, which here is the staging folder; stay quiet
-        # rather than name a path that is about to disappear (its progress bars remain).
-        builder._log_download_bytes = builder._log_download_done = lambda: None
-        # try_download_gcs=False: fetch only from the builder's host, the one we probed.
+        # try_download_gcs=False: fetch only from the builder's own host, the one probed.
         config = tfds.download.DownloadConfig(manual_dir=manual_dir, try_download_gcs=False)
         builder.download_and_prepare(download_dir=os.path.join(staging, "downloads"),
                                      download_config=config)
-        final = os.path.join(data_dir, name, str(builder.version))
         os.makedirs(os.path.dirname(final), exist_ok=True)
         try:
-            os.rename(os.fspath(builder.data_path), final)
+            os.rename(builder.data_dir, final)
         except OSError:
             if not os.path.isfile(os.path.join(final, "dataset_info.json")):
-                raise
-            # Another process finished the same dataset first: keep theirs.
+                raise  # else another process prepared it first: keep theirs
     except Exception as e:
-        _rmdir_if_empty(os.path.join(data_dir, name))
-        first_line = (str(e).strip().splitlines() or [""])[0]
-        hint = "" if manual_dir else f"; for other ways to get the data see the {_README_OFFLINE}"
-        raise DataError(f"preparing {name} {what} failed: {type(e).__name__}: {first_line} "
-                        f"(nothing was kept in {data_dir}){hint}") from e
+        with contextlib.suppress(OSError):  # the dataset's folder, if this made it and it is empty
+            os.rmdir(os.path.dirname(final))
+        how = f"from the files in {manual_dir}" if manual_dir else f"by download ({builder_cls.URL})"
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"preparing {name} {how} failed: {type(e).__name__}: {first} (nothing "
+                        f"was kept in {data_dir})") from e
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _rmdir_if_empty(path: str) -> None:
-    try:
-        os.rmdir(path)
-    except OSError:  # not empty (another version is prepared there) or not there
-        pass
+def _from_idx_files(base):
+    """TFDS's builder ``base``, reading the four IDX files of its manual_dir instead of a download."""
 
-
-def _from_tfds(name: str, version: str, data_dir: str, splits: tuple[str, str], *, source: str,
-               cached: dict | None = None) -> Dataset:
-    """Both splits of a prepared TFDS dataset as numpy arrays; ``cached`` ones are reused."""
-    tfds = _import_tfds_with_tf()
-    builder = tfds.builder(name, data_dir=data_dir)
-    sizes = {s: builder.info.splits[s].num_examples for s in SPLITS}
-    arrays = []
-    for role, split in zip(("train_split", "test_split"), splits):
-        if cached and split in cached:
-            arrays += cached[split]
-            continue
-        want = sum(stop - start for _, start, stop in _resolve(tfds, role, split, sizes))
-        images, labels = _decode(tfds, builder, split)
-        if len(labels) != want:  # TFDS read something other than it said it would
-            raise DataError(f"{role} {split!r} of {name} gave {len(labels)} examples, expected "
-                            f"{want}; delete {builder.data_dir} and prepare it again")
-        arrays += [images, labels]
-    return Dataset(*arrays, name, version, source, *splits)
-
-
-def _decode(tfds, builder, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 28, 28) uint8, labels (N,) int32) of ``split``, in TFDS's order."""
-    # Iterate in batches: batch_size=-1 aborts the process under tfds.testing.mock_data.
-    images, labels = [], []
-    ds = builder.as_dataset(split=split, batch_size=1000, shuffle_files=False)
-    for batch in tfds.as_numpy(ds):
-        images.append(batch["image"])
-        labels.append(batch["label"])
-    images = np.concatenate(images).reshape(-1, idx.SIDE, idx.SIDE).astype(np.uint8)
-    return images, np.concatenate(labels).astype(np.int32)
-
-
-def _from_mock(name: str, version: str, data_dir: str, splits: tuple[str, str]) -> Dataset:
-    """Both splits from ``tfds.testing.mock_data``.
-
-    The mock ignores slices (every split string gives all ``num_examples`` fake
-    examples), so the whole fake splits are read and TFDS's own reading of each
-    split string (``_resolve``) is applied to them, as a prepared dataset would be.
-    """
-    tfds = _import_tfds_with_tf()
-    builder = tfds.builder(name, data_dir=data_dir)
-    whole = {s: _decode(tfds, builder, s) for s in SPLITS}
-    sizes = {s: len(labels) for s, (_, labels) in whole.items()}
-    arrays = []
-    for role, split in zip(("train_split", "test_split"), splits):
-        ranges = _resolve(tfds, role, split, sizes)
-        for k in range(2):  # images, then labels
-            arrays.append(np.concatenate([whole[s][k][start:stop] for s, start, stop in ranges]))
-    return Dataset(*arrays, name, version, "mock", *splits)
-
-
-def _import_tfds_with_tf():
-    """Import TensorFlow for TFDS, hiding every GPU from it so it never takes accelerator memory."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter
-    # TF only decodes PNGs here (exact integers), so its oneDNN kernels buy nothing; turning
-    # them off also silences the notice TF prints about them on import.
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # TF was initialised elsewhere first; too late to hide them
-        pass
-    return tfds
-
-
-def _tfds_is_mocked(tfds) -> bool:
-    # tfds.testing.mock_data swaps DatasetBuilder's methods for functions defined in
-    # tensorflow_datasets.testing; the real ones live in tensorflow_datasets.core.
-    fn = tfds.core.DatasetBuilder.download_and_prepare
-    return getattr(fn, "__module__", "").startswith("tensorflow_datasets.testing")
-
-
-@functools.lru_cache(maxsize=None)
-def _manual_builder_cls(name: str):
-    """TFDS's own builder for ``name``, reading the four IDX files from its manual_dir."""
-    import tensorflow_datasets as tfds
-
-    base = tfds.builder_cls(name)
-
-    class FromIdxFiles:
-        MANUAL_DOWNLOAD_INSTRUCTIONS = (
-            f"Put the four MNIST-format files {', '.join(idx.FILES.values())} in manual_dir.")
+    class FromIdxFiles(base, skip_registration=True):  # TFDS's registry keeps the official one
+        name = base.name
+        MANUAL_DOWNLOAD_INSTRUCTIONS = f"Put the four files {', '.join(idx.FILES.values())} here."
 
         def _split_generators(self, dl_manager):
             splits = idx.read_dir(os.fspath(dl_manager.manual_dir))
             return {s: self._generate_examples(*splits[s]) for s in SPLITS}
 
         def _generate_examples(self, images, labels):
-            # Keys are file positions, as in TFDS's MNIST builder, so the order matches a download.
+            # Keys are file positions, as in TFDS's MNIST builder, so the order is a download's.
             for i in range(len(images)):
                 yield i, {"image": images[i][..., None], "label": int(labels[i])}
 
-    def body(ns):
-        ns.update(name=base.name, __module__=__name__, __doc__=f"{base.name} from local IDX files.")
-
-    # skip_registration: the official builder keeps the name in TFDS's registry.
-    return types.new_class(f"{base.__name__}FromIdxFiles", (FromIdxFiles, base),
-                           {"skip_registration": True}, body)
+    return FromIdxFiles
 
 
-# --- the prepared TFDS dataset (the warm cache is jaxmlp.data_cache) -----------------------------
+def _decode(builder, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,) int32) of ``split``, in TFDS's order."""
+    import tensorflow_datasets as tfds
 
-def _info_path(data_dir: str, name: str, version: str) -> str:
-    return os.path.join(data_dir, name, version, "dataset_info.json")
+    # In batches: batch_size=-1 aborts the process under tfds.testing.mock_data.
+    ds = builder.as_dataset(split=split, batch_size=1000, shuffle_files=False)
+    batches = list(tfds.as_numpy(ds))
+    images = np.concatenate([b["image"] for b in batches])[..., 0]  # (N, 28, 28, 1): grey
+    return images.astype(np.uint8), np.concatenate([b["label"] for b in batches]).astype(np.int32)
+
+
+def _class_names(builder) -> tuple[str, ...]:
+    return tuple(builder.info.features["label"].names)
+
+
+def _is_mocked(tfds) -> bool:
+    # tfds.testing.mock_data swaps DatasetBuilder's methods for functions defined in
+    # tensorflow_datasets.testing; the real ones live in tensorflow_datasets.core.
+    fn = tfds.core.DatasetBuilder.download_and_prepare
+    return getattr(fn, "__module__", "").startswith("tensorflow_datasets.testing")
 
 
 # --- offline fail-fast ---------------------------------------------------------------------------
@@ -360,17 +282,18 @@ def _info_path(data_dir: str, name: str, version: str) -> str:
 def _probe(url: str, timeout: float | None = None) -> str | None:
     """None if a TCP connection to ``url``'s host (or its proxy) opens in time, else why not.
 
-    DNS lookups can hang longer than any socket timeout, so the attempt runs in a
-    daemon thread and is abandoned after ``timeout`` seconds.
+    DNS lookups can hang past any socket timeout, so the attempt runs in a daemon thread
+    that is abandoned after ``timeout`` seconds.
     """
     timeout = PROBE_TIMEOUT_S if timeout is None else timeout
     parts = urllib.parse.urlsplit(url)
     host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
     proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
+    target = f"{host}:{port}"
+    if proxy and not urllib.request.proxy_bypass(host):  # TFDS downloads through it too
         p = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
         host, port = p.hostname, p.port or 80
-    target = f"{host}:{port}" + (" (proxy)" if proxy and parts.hostname != host else "")
+        target = f"its proxy {host}:{port}"
     errors: list[str] = []
 
     def connect():
@@ -387,12 +310,10 @@ def _probe(url: str, timeout: float | None = None) -> str | None:
     return f"{target} is unreachable ({errors[0]})" if errors else None
 
 
-def _offline_message(name: str, version: str, data_dir: str, url: str, problem: str) -> str:
-    files = ", ".join(idx.FILES.values())
-    return (f"cannot get {name} {version}: it is not prepared in {data_dir}, no --manual-dir was "
-            f"given, and its download host {problem} (tried {url}). Ways forward: "
-            f"(1) --data-dir DIR where {name} is already prepared; "
-            f"(2) --manual-dir DIR with the four files {files}; "
-            f"(3) apt-get install dataset-fashion-mnist, then "
-            f"--dataset fashion_mnist --manual-dir /usr/share/datasets/fashion-mnist. "
-            f"See the {_README_OFFLINE}.")
+def _offline_message(name: str, data_dir: str, url: str, problem: str) -> str:
+    return (f"cannot get {name}: it is not prepared in {data_dir}, no --manual-dir was given, and "
+            f"its download ({url}) cannot start: {problem}. Either pass --data-dir DIR where "
+            f"{name} is prepared, or --manual-dir DIR holding the four IDX files "
+            f"{', '.join(idx.FILES.values())}, or "
+            f"apt-get install dataset-fashion-mnist and use --dataset fashion_mnist --manual-dir "
+            f"/usr/share/datasets/fashion-mnist (see docs/data.md)")

@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -168,7 +167,8 @@ BAD_FILES = [  # (id, how to break the file, the file, words the message must ho
     ("not-gzip", _not_gzip, "t10k-images-idx3-ubyte.gz", ["not a readable gzip"]),
     ("wrong-magic", _wrong_magic, "train-labels-idx1-ubyte.gz", ["0x00000803", "expected 0x00000801"]),
     ("32x32", _not_28x28, "train-images-idx3-ubyte.gz", ["32x32", "expected 28x28"]),
-    ("count-mismatch", _fewer_labels, "train-labels-idx1-ubyte.gz", [f"{N_TRAIN} images", f"{N_TRAIN - 1} labels"]),
+    ("count-mismatch", _fewer_labels, "train-labels-idx1-ubyte.gz",
+     [f"{N_TRAIN} images", f"{N_TRAIN - 1} labels"]),
     ("label-12", _label_12, "t10k-labels-idx1-ubyte.gz", ["outside 0-9", "12 at index 3"]),
     ("short-payload", _payload(-100), "t10k-images-idx3-ubyte.gz", ["truncated or padded"]),
     ("long-payload", _payload(100), "t10k-images-idx3-ubyte.gz", ["truncated or padded"]),
@@ -234,7 +234,11 @@ def test_offline_is_one_line_within_seconds_naming_the_fixes(name, tmp_path, clo
 
 def test_offline_host_that_never_answers_is_abandoned(tmp_path, monkeypatch):
     # DNS or a dropped SYN can hang past any socket timeout; the probe must not.
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(5))
+    def hang(*args, **kwargs):
+        time.sleep(3)
+        raise TimeoutError("never answered")  # the abandoned thread ends quietly
+
+    monkeypatch.setattr(socket, "create_connection", hang)
     monkeypatch.setattr(data, "PROBE_TIMEOUT_S", 0.5)
     start = time.monotonic()
     with pytest.raises(data.DataError, match="did not answer within 0.5 s"):
@@ -244,7 +248,8 @@ def test_offline_host_that_never_answers_is_abandoned(tmp_path, monkeypatch):
 
 def test_probe_targets_the_download_host_or_its_proxy(monkeypatch):
     seen = []
-    monkeypatch.setattr(socket, "create_connection", lambda address, timeout=None: seen.append(address) or socket.socket())
+    monkeypatch.setattr(socket, "create_connection",
+                        lambda address, timeout=None: seen.append(address) or socket.socket())
     for var in ("http_proxy", "https_proxy"):
         monkeypatch.delenv(var)
     assert data._probe("https://storage.googleapis.com/cvdf-datasets/mnist/") is None
@@ -317,8 +322,8 @@ def prepared(tmp_path_factory):
     """A data dir with mnist prepared from written IDX files, and those arrays."""
     root = tmp_path_factory.mktemp("prepared")
     arrays = make_arrays(seed=1)
-    ds = data.load("mnist", data_dir=str(root / "data"), manual_dir=write_manual_dir(root / "manual", arrays),
-                   progress=False)
+    manual = write_manual_dir(root / "manual", arrays)
+    ds = data.load("mnist", data_dir=str(root / "data"), manual_dir=manual, progress=False)
     return str(root / "data"), arrays, ds
 
 
@@ -332,8 +337,9 @@ def test_prepared_from_idx_files_through_tfds_then_cached(prepared):
     for split in ("train", "test"):
         images, labels = getattr(ds, f"{split}_images"), getattr(ds, f"{split}_labels")
         assert images.dtype == np.uint8 and images.shape[1:] == (28, 28) and labels.dtype == np.int32
-        for got, want in zip(sorted_rows(images, labels), sorted_rows(arrays[f"{split}_images"], arrays[f"{split}_labels"])):
-            np.testing.assert_array_equal(got, want)
+        want = sorted_rows(arrays[f"{split}_images"], arrays[f"{split}_labels"])
+        for got, expected in zip(sorted_rows(images, labels), want):
+            np.testing.assert_array_equal(got, expected)
     # A regular TFDS dataset (TFDS finds it), its cache beside it, no staging folder left.
     assert tfds.builder("mnist", data_dir=data_dir).info.splits["train"].num_examples == N_TRAIN
     assert os.listdir(data_dir) == ["mnist"]
