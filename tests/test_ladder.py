@@ -10,7 +10,7 @@ import pytest
 from conftest import ROOT, synthetic
 
 from jaxmlp import ladder
-from jaxmlp.config import GORNER_MNIST, Config
+from jaxmlp.config import GORNER_MNIST, PRESETS, Config
 
 NAN = math.nan
 
@@ -51,7 +51,8 @@ def test_table_json_and_error_bars_are_the_spread_over_seeds(tmp_path):
     for name, finals in expect.items():
         s = rungs[name]["final_test_accuracy"]
         assert s["n"] == len(finals) and s["mean"] == pytest.approx(np.mean(finals))
-        assert s["std"] == pytest.approx(np.std(finals, ddof=1)) and (s["min"], s["max"]) == (min(finals), max(finals))
+        assert s["std"] == pytest.approx(np.std(finals, ddof=1))
+        assert (s["min"], s["max"]) == (min(finals), max(finals))
     assert rungs["softmax"]["best_test_accuracy"]["mean"] == pytest.approx(0.84)  # not the diverged 0.50
     assert rungs["softmax"]["final_test_loss"]["mean"] == pytest.approx(0.60)
     assert rungs["softmax"]["diverged"] == [1] and rungs["sigmoid"]["diverged"] == [0, 1, 2]
@@ -82,8 +83,18 @@ def test_table_json_and_error_bars_are_the_spread_over_seeds(tmp_path):
             s = rungs[name][metric]
             assert (lo, hi) == pytest.approx((s["mean"] - s["std"], s["mean"] + s["std"]))
         seed_dots = [sorted(line.get_ydata()) for line in ax.lines if line.get_color() == "0.6"]
-        want = [sorted(m[metric] for m in rungs[n]["members"] if m["status"] != "diverged") for n in d["presets"]]
+        want = [sorted(m[metric] for m in rungs[n]["members"] if m["status"] != "diverged")
+                for n in d["presets"]]
         assert seed_dots == [pytest.approx(w) for w in want]
+
+
+def test_the_committed_ladder_table_is_its_json():
+    """docs/ladder-fashion-mnist.md is what ``markdown`` makes of the committed JSON (the long
+    run's results: 5 rungs x 4 seeds x 10,000 steps), every rung finite."""
+    d = json.loads((ROOT / "docs" / "ladder-fashion-mnist.json").read_text(encoding="utf-8"))
+    assert (ROOT / "docs" / "ladder-fashion-mnist.md").read_text(encoding="utf-8") == ladder.markdown(d)
+    assert d["presets"] == list(PRESETS) and len(d["seeds"]) == 4 and d["steps"] == 10_000
+    assert all(r["final_test_accuracy"]["n"] == 4 for r in d["rungs"].values())
 
 
 def _script():

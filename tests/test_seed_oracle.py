@@ -6,8 +6,11 @@ The graph is ``jaxmlp.bench.original.build`` (the benchmark's and
 X, Y_; W1..W5, B1..B5; ``-reduce_sum(Y_ * log(Y + 1e-10))``;
 ``GradientDescentOptimizer(0.003)``), with its variables set from jaxmlp's
 parameters instead of its own truncated-normal draws, so both sides start
-equal. The data are learnable synthetic digits made here. Checks:
+equal. The data are learnable synthetic digits made here, uint8 as data holds them:
+jaxmlp's MLP scales them itself (times 1/255 in float32) and the original is fed the
+float32 images in [0, 1] its ``input_data`` made the same way. Checks:
 
+* the first layer sees the same numbers on both sides;
 * one update from the same parameters agrees to float32 rounding, at several
   points of a real jaxmlp trajectory (so neither chaos over many steps nor a
   lucky start can hide or fake a difference), and plausible wrong
@@ -20,7 +23,8 @@ equal. The data are learnable synthetic digits made here. Checks:
   image with p_true < 1e-10, which no image here comes near.
 
 TensorFlow runs in graph mode inside its own ``tf.Graph`` (never
-``disable_eager_execution``), so nothing leaks into other tests.
+``disable_eager_execution``), so nothing leaks into other tests. Importing
+TensorFlow alone takes seconds, so the module is in the slow suite.
 """
 
 from __future__ import annotations
@@ -33,10 +37,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from jaxmlp import Config, evaluate, init_state, train_step
+from jaxmlp import loop
 from jaxmlp.bench.original import build as build_original
-from jaxmlp.model import layer_params
+from jaxmlp.config import Config
+from jaxmlp.model import MLP, layer_params
+from jaxmlp.train import evaluate, train_step
+
+pytestmark = pytest.mark.slow
 
 B = 100  # the original's batch
 EPS_LOG = 1e-10  # the original's guard inside the log
@@ -85,13 +94,13 @@ def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     points = strokes[:, :, 0, None] * (1 - t) + strokes[:, :, 1, None] * t  # (n, 5, 30, 2)
     points = np.clip(np.round(points).astype(int), 0, 26).reshape(n, -1, 2)
     ink = np.repeat(rng.uniform(0.5, 1.0, n), points.shape[1])
-    images = np.zeros((n, 28, 28))
-    which = np.repeat(np.arange(n), points.shape[1])
-    rows, cols = points[..., 0].ravel(), points[..., 1].ravel()
-    for dr in (0, 1):  # a 2x2 pen
-        for dc in (0, 1):
-            images[which, rows + dr, cols + dc] = ink
-    images = np.clip(images + rng.normal(0, 0.1, images.shape) * (images > 0), 0, 1)
+    images = np.zeros(n * 784)
+    at = np.repeat(np.arange(n) * 784, points.shape[1]) + points[..., 0].ravel() * 28 + points[..., 1].ravel()
+    for offset in (0, 1, 28, 29):  # a 2x2 pen
+        images[at + offset] = ink
+    images = images.reshape(n, 28, 28)
+    noise, inked = rng.normal(0, 0.1, images.shape), images > 0
+    images[inked] = np.clip(images[inked] + noise[inked], 0, 1)
     return np.round(images * 255).astype(np.uint8), labels
 
 
@@ -123,7 +132,8 @@ def batch(digits, step: int) -> dict:
 
 def to_original_inputs(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """What the original's ``input_data`` hands the graph: float32 images in [0, 1] shaped
-    (N, 28, 28, 1) (uint8 times 1/255 in float32, as jaxmlp scales them) and one-hot labels."""
+    (N, 28, 28, 1) (``numpy.multiply(images, 1.0 / 255.0)`` on float32: uint8 times 1/255
+    in float32) and one-hot labels."""
     x = (images.astype(np.float32) * np.float32(1.0 / 255.0))[..., None]
     return x, np.eye(10, dtype=np.float32)[labels]
 
@@ -184,14 +194,21 @@ def tf():
 
 @pytest.fixture(scope="module")
 def trajectory(digits):
-    """{step: jaxmlp state after that many steps} for each of CHECK_STEPS, one run from seed 0."""
-    state = init_state(jax.random.key(0), Config())
-    saved, step = {}, 0
-    for target in CHECK_STEPS:
-        while step < target:
-            state, _ = train_step(state, batch(digits, step))
-            step += 1
-        saved[target] = jax.tree.map(jnp.copy, state)
+    """{step: jaxmlp state after that many steps} for each of CHECK_STEPS: one run of the seed
+    experiment's MLP from seed 0, fused in chunks of 100 steps as jaxmlp trains
+    (``loop.run_steps``), on the batches ``batch`` gives."""
+    state = loop.mlp_init(Config())(jax.random.key(0))
+    (images, labels), test = digits["train"], digits["test"]
+    data = loop.Data(*map(jnp.asarray, (images, labels, *test)))
+    epochs = -(-CHECK_STEPS[-1] // (N_TRAIN // B))
+    orders = jnp.asarray(np.stack([epoch_order(e) for e in range(epochs)]), jnp.int32)
+    fused, ours = loop.batch_at(data, orders, jnp.int32(1234), B), batch(digits, 1234)
+    assert all(np.array_equal(fused[k], ours[k]) for k in ours)  # the same batches
+    saved = {0: state}
+    for step in range(100, CHECK_STEPS[-1] + 1, 100):
+        state, _ = loop.run_steps(state, data, orders, num_steps=100, batch_size=B)
+        if step in CHECK_STEPS:
+            saved[step] = state
     return saved
 
 
@@ -242,6 +259,21 @@ def epsilon_shift(p_true: np.ndarray) -> float:
 
 
 # --- the checks ----------------------------------------------------------------------------------
+
+def test_the_first_layer_sees_what_the_original_is_fed(digits):
+    """jaxmlp feeds uint8 images and its MLP scales them; the original is fed ``input_data``'s
+    floats. An MLP whose only layer is the identity returns what its first layer sees: the
+    same float32 numbers, bit for bit, for every uint8 value (x / 255, or x * (1 / 255) in
+    float64, differs from the reader's float32 product in the last bit for 126 of the 256)."""
+    net = MLP((), init_stddev=0.0, in_features=784, num_classes=784, rngs=nnx.Rngs(0))
+    net.layers[0].kernel[...] = jnp.eye(784, dtype=jnp.float32)
+    every_value = np.resize(np.arange(256, dtype=np.uint8), (1, 28, 28))
+    images = np.concatenate([digits["train"][0][:50], every_value])
+    seen = np.asarray(net(jnp.asarray(images)))
+    fed = to_original_inputs(images, np.zeros(len(images), int))[0].reshape(len(images), 784)
+    assert seen.dtype == fed.dtype == np.float32 and np.array_equal(seen, fed)
+    assert fed.min() == 0 and fed.max() == 1
+
 
 @pytest.mark.parametrize("step", CHECK_STEPS)
 def test_one_update_equals_the_originals(digits, trajectory, original, step):
