@@ -63,7 +63,8 @@ def test_a_frame_draws_the_reported_values():
     acc = next(ax for ax in fig.axes if ax.get_title() == "accuracy")
     test = [line for line in acc.lines if line.get_gid() == "test"]
     assert [line.get_label().split(":")[0] for line in test] == ["s0", "s1", "s2"]
-    np.testing.assert_allclose(test[1].get_ydata(), [report(s, k=3)["test_accuracy"][1] for s in (100, 200, 300)])
+    want = [report(step, k=3)["test_accuracy"][1] for step in (100, 200, 300)]
+    np.testing.assert_allclose(test[1].get_ydata(), want)
     train = [line for line in acc.lines if line.get_gid() == "train"]
     assert max(line.get_linewidth() for line in train) < min(line.get_linewidth() for line in test)
     assert sum("weights" in ax.get_title() for ax in fig.axes) == 3
@@ -82,7 +83,8 @@ def test_a_model_without_layers_draws_no_percentile_panels(layers):
         rep.chunk(step, r)
     assert rep.history()["test_loss"].shape == (2,)
     if layers == 0:
-        assert rep.history()["weight_percentiles"].shape == rep.history()["bias_percentiles"].shape == (2, 0, 7)
+        h = rep.history()
+        assert h["weight_percentiles"].shape == h["bias_percentiles"].shape == (2, 0, 7)
     fig = rep.figure()
     assert not any("weights" in ax.get_title() or "biases" in ax.get_title() for ax in fig.axes)
     assert len(frames) == 1  # the first chunk's frame
