@@ -144,5 +144,4 @@ def write(out: Path, ladder: dict) -> None:
     figure(ladder).savefig(png, format="png")
     records.atomic_write_json(out / "ladder.json", ladder)
     for name, data in (("ladder.md", markdown(ladder).encode()), ("ladder.png", png.getvalue())):
-        (out / f".{name}.tmp").write_bytes(data)
-        os.replace(out / f".{name}.tmp", out / name)
+        records.atomic_write_bytes(out / name, data)

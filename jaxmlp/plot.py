@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from jaxmlp import history as hist
+from jaxmlp import records
 
 DPI = 150
 FILES = ("accuracy.png", "cross_entropy.png", "dashboard.png")
@@ -154,52 +155,61 @@ def cross_entropy_figure(histories, labels: Sequence[str] | None = None,
 # --- dashboard ------------------------------------------------------------------------
 
 def _draw_percentiles(sub, history: dict, keys: list[str]) -> None:
-    """Per layer, nested percentile bands (darker inwards) and the median of each kind of
-    parameter at every evaluation; an ensemble's members averaged."""
-    levels = np.asarray(history.get("percentiles", hist.PERCENTILES))
+    """One panel per kind of parameter: each layer's median and its 10-90 percentile band
+    at every evaluation, a colour per layer (as the talk's dashboard); ensembles averaged."""
+    levels = list(np.asarray(history.get("percentiles", hist.PERCENTILES)))
+    lo, mid, hi = (levels.index(q) for q in (10.0, 50.0, 90.0))
     steps = np.asarray(history["test_step"]).reshape(-1)
-    rows = {key: hist.nan_reduce(np.nanmean, _finite(hist.by_member(history, key).astype(np.float64)))
-            for key in keys}  # (E, L, P)
-    n_layers = max(v.shape[1] for v in rows.values())
-    axes = sub.subplots(len(rows), n_layers, squeeze=False, sharex=True, gridspec_kw=dict(
-        left=0.06, right=0.98, bottom=0.1, top=0.86, wspace=0.35, hspace=0.4))
-    p = levels.size
-    for row, (key, v) in zip(axes, rows.items()):
-        name, color = _PARAMS[key]
-        for layer, ax in enumerate(row):
-            if layer >= v.shape[1]:
-                ax.set_axis_off()
-                continue
-            s = steps[-v.shape[0]:]
-            for i in range(p // 2):
-                ax.fill_between(s, v[:, layer, i], v[:, layer, p - 1 - i], color=color, alpha=0.2,
-                                linewidth=0)
-            ax.plot(s, v[:, layer, p // 2], color=color, linewidth=1)
-            # A fixed title height (y=1) skips a layout pass; fewer ticks: text is most of the drawing.
-            ax.set_title(f"layer {layer + 1} {name}", fontsize=8, y=1.0)
-            ax.locator_params(nbins=4)
-            ax.tick_params(labelsize=6)
-    mean = f", mean of {hist.num_members(history)} members" if hist.is_ensemble(history) else ""
-    sub.suptitle(f"parameter percentiles {', '.join(f'{q:g}' for q in levels)} at each evaluation"
-                 f" (line: median{mean})", fontsize=9)
+    axes = sub.subplots(1, len(keys), squeeze=False, gridspec_kw=dict(_PAIR, bottom=0.1, top=0.86))[0]
+    for ax, key in zip(axes, keys):
+        v = hist.nan_reduce(np.nanmean, _finite(hist.by_member(history, key).astype(np.float64)))  # (E, L, P)
+        s = steps[-v.shape[0]:]
+        for layer in range(v.shape[1]):
+            color = f"C{layer % 10}"
+            ax.fill_between(s, v[:, layer, lo], v[:, layer, hi], color=color, alpha=0.2, linewidth=0)
+            ax.plot(s, v[:, layer, mid], color=color, linewidth=1, label=f"layer {layer + 1}")
+        ax.set_title(f"{_PARAMS[key][0]}: median and 10-90 percentiles per layer", fontsize=9, y=1.0)
+        ax.legend(fontsize=6, loc="upper left", ncol=2)
+        ax.set_xlabel("training step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    mean = f" (mean of {hist.num_members(history)} members)" if hist.is_ensemble(history) else ""
+    sub.suptitle(f"parameter distributions at each evaluation{mean}", fontsize=9)
+
+
+def _mosaic(images: np.ndarray, cols: int, gap: int) -> np.ndarray:
+    """(n, H, W[, C]) images tiled into one array, rows of ``cols``, with white space between
+    (``gap`` rows under each image for its label)."""
+    n, h, w = images.shape[:3]
+    rows = -(-n // cols)
+    white = np.nan if images.dtype.kind == "f" else 255  # NaN: not drawn, the white background
+    out = np.full((rows * (h + gap), cols * (w + 1), *images.shape[3:]), white, images.dtype)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        out[r * (h + gap):r * (h + gap) + h, c * (w + 1):c * (w + 1) + w] = image
+    return out
 
 
 def _draw_images(sub, misclassified: dict, class_names: Sequence[str] | None) -> None:
-    """The first ``MAX_IMAGES`` misclassified examples, "predicted (true label)" above each."""
+    """The first ``MAX_IMAGES`` misclassified examples in one image (one axes draws much
+    faster than one each), "predicted (true label)" under each."""
     images = np.asarray(misclassified["image"])
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
     predicted, label = (np.asarray(misclassified[k]).reshape(-1) for k in ("predicted", "label"))
-    n = min(len(images), MAX_IMAGES)
+    n, cols = min(len(images), MAX_IMAGES), 4
     name = (lambda c: str(class_names[c])) if class_names is not None else str
-    grid = sub.add_gridspec(MAX_IMAGES // 4, 4, left=0.02, right=0.98, bottom=0.02, top=0.9, hspace=0.5)
-    for i in range(n):  # in a fixed grid: one image size whatever n
-        ax = sub.add_subplot(grid[i])
-        ax.set_axis_off()
-        image = images[i][..., 0] if images[i].ndim == 3 and images[i].shape[-1] == 1 else images[i]
-        grey = image.ndim == 2
-        scale = dict(vmin=0, vmax=255) if grey and image.dtype == np.uint8 else {}
-        ax.imshow(image, cmap="gray" if grey else None, interpolation="nearest", **scale)
-        ax.set_title(f"{name(int(predicted[i]))}\n(true {name(int(label[i]))})", fontsize=7,
-                     color="firebrick", y=1.0)
+    ax = sub.subplots(gridspec_kw=dict(left=0.02, right=0.98, bottom=0.02, top=0.92))
+    ax.set_axis_off()
+    grey = images.ndim == 3
+    scale = dict(vmin=0, vmax=255) if grey and images.dtype == np.uint8 else {}
+    h, w = images.shape[1:3]
+    gap = max(2, round(0.45 * h))
+    ax.imshow(_mosaic(images[:n], cols, gap), cmap="gray" if grey else None, interpolation="nearest",
+              **scale)
+    for i in range(n):
+        r, c = divmod(i, cols)
+        ax.text(c * (w + 1) + w / 2, r * (h + gap) + h, f"{name(int(predicted[i]))}\n(true {name(int(label[i]))})",
+                ha="center", va="top", fontsize=6, color="firebrick", gid="label")
     sub.suptitle(f"misclassified test examples ({n} of {len(images)})", fontsize=10)
 
 
@@ -267,7 +277,7 @@ def plot_history(history: dict, out_dir: str | os.PathLike, *, misclassified: di
         fig.suptitle(f"{fig.get_suptitle()} — {title}")
     paths = [out / name for name in FILES]
     for fig, path in zip(figures, paths):
-        path.write_bytes(png_bytes(fig))
+        records.atomic_write_bytes(path, png_bytes(fig))  # a kill leaves the old file or the new
     return paths
 
 

@@ -58,6 +58,10 @@ def atomic_write_json(path, obj: Any) -> Path:
     return _atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def atomic_write_bytes(path, data: bytes) -> Path:
+    return _atomic_write(path, lambda f: f.write(data))
+
+
 def atomic_save_npz(path, arrays: dict) -> Path:
     """``np.savez`` of ``arrays``, atomically."""
     return _atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))

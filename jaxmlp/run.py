@@ -259,8 +259,10 @@ def _loop(config: Config, state, history, progs: _Programs, ckpt, reporter, stop
             alive, predicted = report["alive"], report.pop("predicted", None)
             # The next chunk trains while the host reads this one's report; a stop drops it.
             chunk = (state, *progs.train(state)) if step + config.eval_every < config.steps else None
-            report = {k: np.atleast_1d(v) for k, v in jax.device_get(report).items()}
-            step = int(report.pop("step")[0])
+            report = {k: np.asarray(v) for k, v in jax.device_get(report).items()}
+            step = int(report.pop("step"))
+            if not config.is_ensemble:  # one model: a model axis of 1, as the reporter expects
+                report = {k: v[None] for k, v in report.items()}
             reporter.chunk(step, report)
             if not report["alive"].any():
                 status = "diverged"

@@ -13,7 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from jaxmlp import plot
+from jaxmlp import plot, records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                      title=name)
         written = [out / name for name in figures]
         for path, fig in zip(written, figures.values()):
-            path.write_bytes(plot.png_bytes(fig))
+            records.atomic_write_bytes(path, plot.png_bytes(fig))
     print("\n".join(map(str, written)))
     return 0
 

@@ -127,30 +127,36 @@ def test_dashboard_shows_misclassified_images_in_colour_or_grey_with_class_names
     wrong = misclassified(30, (8, 8, 3) if rgb else (8, 8), np.uint8 if rgb else np.float32)
     names = ["cat", "dog", "owl"]
     fig = plot.dashboard_figure(bare(synthetic_history(**SMALL)), wrong, class_names=names)
-    shown = image_axes(fig)
-    assert len(shown) == plot.MAX_IMAGES  # the first ones, of 30
-    for i, ax in enumerate(shown[:3]):
-        image = ax.images[0]
-        assert isinstance(image, AxesImage)
-        if rgb:
-            assert image.get_array().shape == (8, 8, 3)
-        else:
-            assert image.get_array().shape == (8, 8) and image.get_cmap().name == "gray"
-        title = ax.get_title()
-        assert title.startswith(names[wrong["predicted"][i]]) and f"true {names[wrong['label'][i]]}" in title
+    (ax,) = image_axes(fig)  # one mosaic: the first MAX_IMAGES of 30, four to a row
+    image = ax.images[0]
+    assert isinstance(image, AxesImage)
+    mosaic = np.asarray(image.get_array())
+    gap = max(2, round(0.45 * 8))
+    assert mosaic.shape[:2] == (plot.MAX_IMAGES // 4 * (8 + gap), 4 * 9)
+    if rgb:
+        assert mosaic.shape[2] == 3
+        np.testing.assert_array_equal(mosaic[8 + gap:16 + gap, 9:17], wrong["image"][5])  # row 1, col 1
+    else:
+        assert mosaic.ndim == 2 and image.get_cmap().name == "gray"
+        np.testing.assert_array_equal(mosaic[:8, 9:17], wrong["image"][1])
+    labels = [t.get_text() for t in ax.texts if t.get_gid() == "label"]
+    assert len(labels) == plot.MAX_IMAGES
+    for i in range(3):
+        assert labels[i] == f"{names[wrong['predicted'][i]]}\n(true {names[wrong['label'][i]]})"
     # Without class names, class numbers; a single-channel image is drawn grey.
     fig = plot.dashboard_figure(bare(synthetic_history(**SMALL)), misclassified(2, (8, 8, 1)))
-    ax = image_axes(fig)[0]
-    assert ax.images[0].get_array().shape == (8, 8)
-    assert ax.get_title().startswith(str(misclassified(2)["predicted"][0]))
+    (ax,) = image_axes(fig)
+    assert ax.images[0].get_array().ndim == 2
+    assert ax.texts[0].get_text().startswith(str(misclassified(2)["predicted"][0]))
 
 
 def test_dashboard_percentile_panels_per_layer_or_none():
     h = synthetic_history(**SMALL, layers=3)
     fig = plot.dashboard_figure(h)
-    assert len(percentile_axes(fig)) == 6 and len(curve_axes(fig)) == 2
-    weights = next(ax for ax in fig.axes if ax.get_title() == "layer 2 weights")
-    np.testing.assert_allclose(weights.lines[0].get_ydata(), h["weight_percentiles"][:, 1, 3])  # the median
+    assert len(percentile_axes(fig)) == 2 and len(curve_axes(fig)) == 2
+    weights = next(ax for ax in fig.axes if ax.get_title().startswith("weights"))
+    assert [line.get_label() for line in weights.lines] == ["layer 1", "layer 2", "layer 3"]
+    np.testing.assert_allclose(weights.lines[1].get_ydata(), h["weight_percentiles"][:, 1, 3])  # the median
     for key in ("weight_percentiles", "bias_percentiles"):
         h[key] = h[key][:, :0]  # a model without kernel/bias pairs: L = 0
     assert not percentile_axes(plot.dashboard_figure(h))
