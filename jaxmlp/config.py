@@ -72,7 +72,7 @@ class Config:
                                           "update (free) or 'after' it (the original's; costs "
                                           "a forward pass)")
     eval_every: int = _field(100, "score the whole test set every this many steps (and at step 0)")
-    eval_batch_size: int = _field(10_000, "test images per forward pass (last batch padded and masked)")
+    eval_batch_size: int = _field(1_000, "test images per forward pass (last batch padded and masked)")
     log_every: int = _field(1_000, "print a line every this many steps")
     checkpoint_every: int = _field(0, "save a checkpoint every this many steps (0: only at the end)")
     seed: int = _field(0, "one key, split into init, data-order and dropout keys")

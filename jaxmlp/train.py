@@ -148,7 +148,7 @@ train_step.__doc__ = _train_step.__doc__ + "\n    Jitted; the input state is don
 
 
 def _evaluate(state: TrainState, images: jax.Array, labels: jax.Array, *,
-              batch_size: int = 10_000, predictions: bool = False) -> dict:
+              batch_size: int = 1_000, predictions: bool = False) -> dict:
     """Mean loss and metrics of the model in ``state`` over every example; with
     ``predictions``, also 'predicted' (N,) int32, the top class of each.
 
