@@ -6,12 +6,9 @@ lr 0.003; jaxmlp uses the *mean* over the batch, so the same update needs lr 0.3
 
     grad(sum) = B * grad(mean)   =>   0.003 * grad(sum) == 0.3 * grad(mean)  at B = 100.
 
-The mean keeps the learning rate meaningful when the batch size changes and
-makes the reported loss a per-image cross-entropy (``tests/test_train.py``
-checks the equivalence). Adam is invariant to a constant loss scale up to its
-epsilon, so the Adam presets keep the talk's learning rates.
-
-This module never imports JAX: scripts validate flags before paying for it.
+The mean makes the reported loss per image. Adam is invariant to a constant loss
+scale up to its epsilon, so the Adam presets keep the talk's rates. No JAX here:
+scripts validate flags before paying for it.
 """
 
 from __future__ import annotations

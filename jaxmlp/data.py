@@ -1,26 +1,12 @@
 """MNIST-family data as host numpy arrays, through TensorFlow Datasets, with a warm cache.
 
-``load(name, ...)`` returns a ``Dataset`` from the first of these that applies:
-
-1. ``tfds.testing.mock_data`` is active: TFDS's fake examples, never cached. (The mock
-   ignores slices: every split string gives all its fake examples.)
-2. The warm cache, ``<data_dir>/<name>/<version>/jaxmlp-<split>.npz``: one file per split
-   string, inside the TFDS folder it was decoded from, so it goes when that folder goes.
-   Reading it imports TFDS (to learn the version) but not TensorFlow.
-3. The TFDS dataset prepared in ``<data_dir>``: each split string not cached yet is read
-   by TFDS (``builder.as_dataset(split=...)``), decoded once by TensorFlow, and cached.
-4. ``manual_dir``: its four IDX files are checked (``jaxmlp.idx``), then prepared by TFDS's
-   own builder for ``name``, subclassed to read them instead of the network. The name,
-   version, features, class names, example keys (so the order) and folder are those of a
-   download, so ``tfds.load(name, data_dir=...)`` finds it later too.
-5. A download by TFDS, once a quick TCP probe of its host answers; offline, a one-line
-   ``DataError`` within seconds instead of TFDS's minutes of retries.
-
-``manual_dir`` is read only while ``name`` is not prepared in ``data_dir``. Steps 3-5 need
-TensorFlow, the ``prepare`` extra. Split strings are TFDS's own (``train[5000:]``,
-``test[:10%]``, ``train+test``): TFDS parses them, jaxmlp never does. Nothing half-built is
-left in ``data_dir``: TFDS prepares into a staging folder inside it, renamed into place only
-when complete, and cache files are written atomically.
+``load(name, ...)`` returns a ``Dataset`` from the first source that applies:
+``tfds.testing.mock_data``; the warm cache (``<data_dir>/<name>/<version>/jaxmlp-<split>.npz``,
+read without TensorFlow); the TFDS dataset prepared in ``data_dir``; the four IDX files of
+``manual_dir``, prepared by TFDS's own builder; a download, once a quick probe of its host
+answers (offline: a one-line ``DataError`` within seconds). All but the first two need
+TensorFlow (the ``prepare`` extra). Nothing half-built is left in ``data_dir``. docs/data.md
+says more.
 """
 
 from __future__ import annotations

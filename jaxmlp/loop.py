@@ -55,11 +55,6 @@ def batch_at(data: Data, orders: jax.Array, step: jax.Array, batch_size: int) ->
     return {"image": data.train_images[idx], "label": data.train_labels[idx]}
 
 
-def steps_covered(orders, num_examples: int, batch_size: int) -> int:
-    """How many steps ``orders`` (E, N) or (K, E, N) can feed."""
-    return orders.shape[-2] * (num_examples // batch_size)
-
-
 # Fused steps --------------------------------------------------------------------
 
 def _run_steps(state, data, orders, *, num_steps: int, batch_size: int, batch_sharding=None,
@@ -98,7 +93,7 @@ def run_steps(state, data: Data, orders, *, num_steps: int, batch_size: int, **s
     """``num_steps`` train steps in one program; see ``_run_steps``. Refuses, in one line,
     to run past the epochs ``orders`` holds (reads the state's step: a host sync)."""
     end = int(np.max(jax.device_get(state.step))) + num_steps
-    covered = steps_covered(orders, data.train_images.shape[0], batch_size)
+    covered = orders.shape[-2] * (data.train_images.shape[0] // batch_size)  # (K,) E, N
     if end > covered:
         raise ValueError(f"steps up to {end} need more epochs than the {orders.shape[-2]} in "
                          f"orders ({covered} steps); draw them with num_epochs(...) for {end} steps")

@@ -4,7 +4,6 @@ repeats are interleaved, ratios are ratios of medians, the doc is rendered from 
 No timing assertions: timings on a shared machine are noise.
 """
 
-import gzip
 import importlib.util
 import json
 import os
@@ -136,17 +135,6 @@ def test_plain_program_trains_and_scores_on_its_schedule():
     np.testing.assert_allclose(h["train_loss"], losses, rtol=1e-5)
     z = logits(params, te[0])
     np.testing.assert_allclose(h["test_loss"][-1], plain.cross_entropy(z, te[1]), rtol=1e-5)
-
-
-def test_read_idx_reads_the_format_and_refuses_other_files(tmp_path):
-    images = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
-    path = tmp_path / "x.gz"
-    path.write_bytes(gzip.compress(bytes([0, 0, 8, 3]) + np.array([2, 3, 4], ">u4").tobytes()
-                                   + images.tobytes()))
-    np.testing.assert_array_equal(suite.read_idx(path), images)
-    path.write_bytes(gzip.compress(bytes([0, 0, 9, 1, 0, 0, 0, 1, 5])))  # int8, not uint8
-    with pytest.raises(ValueError, match="not an IDX file of uint8"):
-        suite.read_idx(path)
 
 
 def test_docs_performance_md_is_rendered_from_its_json():

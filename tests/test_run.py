@@ -188,3 +188,22 @@ def test_several_processes_refuse_checkpoints_and_resume_in_one_line(tmp_path, m
     for config, resume in ((SMALL.replace(checkpoint_every=20), False), (SMALL, True)):
         with pytest.raises(ConfigError, match="not supported with several processes"):
             run.train_and_evaluate(config, dataset=synthetic(300, 60), out_dir=tmp_path, resume=resume)
+
+
+def test_a_corrupt_checkpoint_is_one_line_naming_the_one_before(tmp_path):
+    """Orbax keeps no checksum of array data: the digest saved with each checkpoint must
+    catch flipped bytes (or Orbax's own error must), in one line that says what to do."""
+    config = SMALL.replace(checkpoint_every=20)
+    ds = synthetic(300, 60)
+    run.train_and_evaluate(config, dataset=ds, out_dir=tmp_path, quiet=True)
+    (tmp_path / records.SUMMARY).unlink()  # as if stopped before its last records
+    data_dir = tmp_path / records.CHECKPOINTS / "40" / "default" / "ocdbt.process_0" / "d"
+    biggest = max(data_dir.iterdir(), key=lambda p: p.stat().st_size)
+    raw = bytearray(biggest.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    biggest.write_bytes(bytes(raw))
+    with pytest.raises(records.RecordError) as e:
+        run.train_and_evaluate(config, dataset=ds, out_dir=tmp_path, resume=True, quiet=True)
+    message = str(e.value)
+    assert "\n" not in message and "checkpoint at step 40" in message
+    assert "to resume from the checkpoint at step 20" in message

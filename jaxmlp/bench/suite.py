@@ -8,7 +8,6 @@ call of each has compiled it; figures are medians, ratios are ratios of medians.
 from __future__ import annotations
 
 import datetime
-import gzip
 import json
 import os
 import shutil
@@ -22,14 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmlp import data, loop, model, records, run, train
+from jaxmlp import data, idx, loop, model, records, run, train
 from jaxmlp.bench import plain
 from jaxmlp.config import Config
 
 FASHION = "/usr/share/datasets/fashion-mnist"
 KEYS = ("train_images", "train_labels", "test_images", "test_labels")
-IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 # name: (what, numerator, denominator, target, "max" or "min" (the side the target bounds), or None)
 RATIOS = {
@@ -44,16 +41,6 @@ RATIOS = {
 
 
 # Data ---------------------------------------------------------------------------
-
-def read_idx(path) -> np.ndarray:
-    """A gzipped IDX file of uint8 data (magic 0x0000 0x08 ndim, then ndim sizes) as an array."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    if raw[:3] != b"\0\0\x08":
-        raise ValueError(f"{path}: not an IDX file of uint8 data")
-    shape = np.frombuffer(raw, ">u4", count=raw[3], offset=4)
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(shape)
-
 
 def synthetic_arrays(seed: int = 0, num_train: int = 60_000, num_test: int = 10_000) -> dict:
     """MNIST-shaped uint8 images an MLP can learn: each class brightens its own random tenth
@@ -72,9 +59,8 @@ def load_arrays(folder: str = FASHION, synthetic: bool = False) -> tuple[dict, s
     """({'train_images' (N, 28, 28) uint8, 'train_labels' (N,) int32, 'test_...'}, a description)."""
     if synthetic:
         return synthetic_arrays(), "synthetic (learnable, MNIST-shaped)"
-    arrays = {k: read_idx(os.path.join(folder, f)) for k, f in zip(KEYS, IDX_FILES)}
-    return ({k: v.astype(np.int32) if k.endswith("labels") else v for k, v in arrays.items()},
-            f"Fashion-MNIST (IDX files in {folder})")
+    splits = idx.read_dir(folder)
+    return dict(zip(KEYS, (*splits["train"], *splits["test"]))), f"Fashion-MNIST (IDX files in {folder})"
 
 
 # Timing --------------------------------------------------------------------------
