@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+import types
 from typing import Callable, NamedTuple
 
 import jax
@@ -211,34 +212,54 @@ record = jax.jit(_record, static_argnames=("eval_every", "eval_batch_size"), don
 Init = Callable[[jax.Array], train.TrainState]
 
 
-def _member(init: Init, num_steps, eval_every, num_examples, batch_size, sweep, seed, lr):
+def _member(init: Init, num_steps, eval_every, num_examples, batch_size, seed, lr):
     # One key per member, split at the top into a model key and a data-order key.
     model_key, data_key = jax.random.split(jax.random.key(seed))
     state = init(model_key)
-    if sweep:
+    if lr is not None:
         state = train.with_learning_rate(state, lr)
     orders = epoch_orders(data_key, num_examples=num_examples,
                           num_epochs=num_epochs(num_steps, batch_size, num_examples))
     return state, empty_history(state, num_steps, eval_every), orders
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5, 6))
-def init_run(init: Init, members: tuple, num_steps: int, eval_every: int, num_examples: int,
-             batch_size: int, ensemble: bool):
-    """(state, history, orders) at step 0. ``members``: ((seed, learning rate or None), ...);
-    a rate replaces the optimizer's (a sweep). An ``ensemble`` gets a leading model axis
-    on each, and member i starts exactly as the single run with its seed and rate."""
-    sweep = any(lr is not None for _, lr in members)
-    seeds = jnp.asarray([s for s, _ in members], jnp.uint32)
-    lrs = jnp.asarray([lr or 0.0 for _, lr in members], jnp.float32)
-    one = functools.partial(_member, init, num_steps, eval_every, num_examples, batch_size, sweep)
-    return jax.vmap(one)(seeds, lrs) if ensemble else one(seeds[0], lrs[0])
+@functools.partial(jax.jit, static_argnums=0, static_argnames=(
+    "num_steps", "eval_every", "num_examples", "batch_size", "ensemble"))
+def init_run(init: Init, seeds, learning_rates=None, *, num_steps: int, eval_every: int,
+             num_examples: int, batch_size: int, ensemble: bool = False):
+    """(state, history, orders) at step 0 for members with ``seeds`` (K,) and, for a sweep,
+    ``learning_rates`` (K,) that replace the optimizer's. An ``ensemble`` gets a leading model
+    axis on each; member i starts exactly as the single run with its seed and rate. Seeds
+    and rates are traced: other values reuse the compiled program."""
+    one = functools.partial(_member, init, num_steps, eval_every, num_examples, batch_size)
+    seeds = jnp.asarray(seeds, jnp.uint32)
+    if ensemble:
+        return jax.vmap(one, in_axes=(0, None if learning_rates is None else 0))(seeds, learning_rates)
+    return one(seeds[0], None if learning_rates is None else learning_rates[0])
 
 
-@functools.cache  # one function per config: jit's caches hit on a second run
+def members(config) -> dict:
+    """``init_run``'s member arguments for a Config: seeds, and the swept rates or None."""
+    lrs = [lr for _, lr in config.members] if config.learning_rates else None
+    return {"seeds": np.asarray([s for s, _ in config.members], np.uint32),
+            "learning_rates": None if lrs is None else np.asarray(lrs, np.float32)}
+
+
+MLP_FIELDS = ("hidden", "activation", "init_stddev", "bias_init", "dropout", "optimizer",
+              "learning_rate", "lr_decay_steps", "lr_min")
+
+
 def mlp_init(config, image_shape=(28, 28), num_classes: int = 10) -> Init:
-    """The default ``init``: the MLP and optimizer a ``Config`` describes, at its learning rate."""
-    return functools.partial(_mlp_init, config, tuple(image_shape), num_classes)
+    """The default ``init``: the MLP and optimizer a ``Config`` describes, at its learning
+    rate. Configs that differ only outside ``MLP_FIELDS`` get the same function, so jit's
+    caches hit."""
+    fields = tuple((f, getattr(config, f)) for f in MLP_FIELDS)
+    return _mlp_init_for(fields, tuple(image_shape), num_classes)
+
+
+@functools.cache
+def _mlp_init_for(fields, image_shape, num_classes) -> Init:
+    return functools.partial(_mlp_init, types.SimpleNamespace(**dict(fields)), image_shape, num_classes)
 
 
 def _mlp_init(config, image_shape, num_classes, key):

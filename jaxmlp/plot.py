@@ -9,7 +9,6 @@ per step) under the test curve (thick, per evaluation). Histories are read throu
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 from pathlib import Path
@@ -279,27 +278,3 @@ def plot_history(history: dict, out_dir: str | os.PathLike, *, misclassified: di
     for fig, path in zip(figures, paths):
         records.atomic_write_bytes(path, png_bytes(fig))  # a kill leaves the old file or the new
     return paths
-
-
-def load_run(run_dir: str | os.PathLike) -> tuple[dict | None, dict, dict | None]:
-    """(summary or None, history, misclassified or None) from a run folder's files.
-
-    Raises ``ValueError`` (one line) for a folder without history.npz or an unreadable file."""
-    d = Path(run_dir)
-    if not (d / "history.npz").is_file():
-        raise ValueError(f"{d} is not a run folder (it holds no history.npz)")
-
-    def read(name: str, parse):
-        if not (d / name).is_file():
-            return None
-        try:
-            return parse(d / name)
-        except Exception as e:  # numpy and zipfile raise several kinds for a damaged file
-            raise ValueError(f"cannot read {d / name}: {e}") from e
-
-    def npz(path):
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
-
-    return (read("summary.json", lambda p: json.loads(p.read_text(encoding="utf-8"))),
-            read("history.npz", npz), read("misclassified.npz", npz))

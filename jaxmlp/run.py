@@ -213,9 +213,10 @@ def _compile(config: Config, init, dataset: data.Dataset, devices):
     d = placement.put_replicated(loop.Data(
         np.asarray(dataset.train_images), np.asarray(dataset.train_labels, np.int32),
         np.asarray(dataset.test_images), np.asarray(dataset.test_labels, np.int32)))
-    state, history, orders = loop.init_run(init, config.members, config.steps, config.eval_every,
-                                           len(dataset.train_labels), config.batch_size,
-                                           config.is_ensemble)
+    state, history, orders = loop.init_run(
+        init, **loop.members(config), num_steps=config.steps, eval_every=config.eval_every,
+        num_examples=len(dataset.train_labels), batch_size=config.batch_size,
+        ensemble=config.is_ensemble)
     state, history, orders = placement.put_state((state, history, orders))
     no_metrics = loop.nan_metrics(state, config.eval_every)
     no_metrics = {**placement.put_state({k: v for k, v in no_metrics.items() if k != "step"}),

@@ -98,6 +98,7 @@ def test_render_markdown_of_the_accelerator_suite():
     assert "How it is measured" not in text  # the default suite's notes only with its table
 
 
+@pytest.mark.slow
 def test_plain_sgd_step_equals_train_step_from_the_same_parameters():
     state = jax.jit(loop.mlp_init(Config()))(jax.random.key(0))  # the seed run's MLP, SGD at 0.3
     params = model.layer_params(state.params)

@@ -19,8 +19,9 @@ def data(synthetic_dataset):
 
 
 def _init(config=CONFIG, n=1000):
-    return loop.init_run(loop.mlp_init(config), config.members, config.steps, config.eval_every,
-                         n, config.batch_size, config.is_ensemble)
+    return loop.init_run(loop.mlp_init(config), **loop.members(config), num_steps=config.steps,
+                         eval_every=config.eval_every, num_examples=n, batch_size=config.batch_size,
+                         ensemble=config.is_ensemble)
 
 
 def test_each_epoch_is_a_fresh_permutation():
@@ -65,6 +66,7 @@ def test_run_steps_refuses_steps_past_its_orders(data):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_ensemble_member_starts_as_the_single_run_with_its_seed(data):
     ens = CONFIG.replace(seeds=(3, 4))
     state_k, hist_k, orders_k = _init(ens)
@@ -145,8 +147,9 @@ def test_your_optimizer_is_used_as_given_unless_a_sweep_replaces_its_rate():
         return train.TrainState.create(MLP((8,), rngs=nnx.Rngs(key)), tx)
 
     config = CONFIG.replace(learning_rate=0.3)  # an MLP front-end field: not yours
-    state, _, _ = loop.init_run(init, config.members, 40, 20, 1000, 50, False)
+    kw = dict(num_steps=40, eval_every=20, num_examples=1000, batch_size=50)
+    state, _, _ = loop.init_run(init, **loop.members(config), **kw)
     assert float(state.opt_state.hyperparams["learning_rate"]) == pytest.approx(0.05)
     swept = config.replace(learning_rates=(0.1, 0.2))
-    state, _, _ = loop.init_run(init, swept.members, 40, 20, 1000, 50, True)
+    state, _, _ = loop.init_run(init, **loop.members(swept), **kw, ensemble=True)
     np.testing.assert_allclose(state.opt_state.hyperparams["learning_rate"], [0.1, 0.2])

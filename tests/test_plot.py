@@ -1,9 +1,7 @@
-"""Figures from histories, checked through their matplotlib objects, and scripts/plot.py."""
+"""Figures from histories, checked through their matplotlib objects."""
 
 from __future__ import annotations
 
-import importlib.util
-import json
 
 import numpy as np
 import pytest
@@ -11,7 +9,7 @@ from matplotlib.collections import PolyCollection
 from matplotlib.image import AxesImage
 from PIL import Image
 
-from conftest import ROOT, synthetic_history
+from conftest import synthetic_history
 from jaxmlp import plot
 
 SMALL = dict(steps=60, eval_every=10)
@@ -170,76 +168,3 @@ def test_dashboard_title_gives_the_final_and_best_accuracy():
     title = plot.dashboard_figure(bare(h), title="my run").get_suptitle()
     assert title.startswith("my run") and f"{h['test_accuracy'][-1]:.4f}" in title
     assert "best 0.9900 at step 30" in title
-
-
-# --- run folders and scripts/plot.py ----------------------------------------------------------
-
-def write_run(folder, history, *, wrong=None, class_names=None):
-    folder.mkdir(parents=True)
-    np.savez(folder / "history.npz", **history)
-    (folder / "config.json").write_text("{}")
-    (folder / "summary.json").write_text(json.dumps({"data": {"class_names": class_names}}))
-    if wrong is not None:
-        np.savez(folder / "misclassified.npz", **wrong)
-    return folder
-
-
-@pytest.fixture
-def script(monkeypatch):
-    """scripts/plot.py as a module; its figures are built but not rendered (the tests above do that)."""
-    monkeypatch.setattr(plot, "png_bytes", lambda fig, dpi=None: b"\x89PNG")
-    spec = importlib.util.spec_from_file_location("plot_script", ROOT / "scripts" / "plot.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_load_run_reads_a_folder(tmp_path):
-    h = synthetic_history(**SMALL, members=2)
-    h["members"] = np.array(["x", "y"])
-    run = write_run(tmp_path / "run", h, wrong=misclassified(2), class_names=["a", "b", "c"])
-    summary, history, wrong = plot.load_run(run)
-    assert summary["data"]["class_names"] == ["a", "b", "c"]
-    assert history.keys() == h.keys() and list(history["members"]) == ["x", "y"]
-    np.testing.assert_array_equal(wrong["image"], misclassified(2)["image"])
-    (run / "misclassified.npz").unlink()
-    (run / "summary.json").unlink()
-    assert plot.load_run(run)[::2] == (None, None)
-    (run / "history.npz").write_bytes(b"PK not a zip")
-    with pytest.raises(ValueError, match="cannot read"):
-        plot.load_run(run)
-
-
-def test_script_redraws_a_run_into_its_folder(tmp_path, script, capsys):
-    run = write_run(tmp_path / "run", synthetic_history(**SMALL), wrong=misclassified(3),
-                    class_names=["a", "b", "c"])
-    for out in ([], ["--out", str(run)]):  # its own folder, by default or named
-        assert script.main([str(run), *out]) == 0
-        assert capsys.readouterr().out.split() == [str(run / name) for name in plot.FILES]
-    assert all((run / name).stat().st_size > 0 for name in plot.FILES)
-
-
-def test_script_compares_runs_into_out(tmp_path, script, capsys):
-    a = write_run(tmp_path / "a", synthetic_history(**SMALL))
-    b = write_run(tmp_path / "b", synthetic_history(**SMALL, members=2))
-    out = tmp_path / "compare"
-    assert script.main([str(a), str(b), "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["accuracy.png", "cross_entropy.png", "dashboard-a.png",
-                                                      "dashboard-b.png"]
-    assert script.main([str(b), "--out", str(a)]) == 1  # another run's folder is refused
-
-
-def test_script_refuses_a_folder_that_is_not_a_run_in_one_line(tmp_path, script, capsys):
-    (tmp_path / "empty").mkdir()
-    assert script.main([str(tmp_path / "empty")]) == 1
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("plot.py: error: ") and "not a run folder" in err
-    assert not list((tmp_path / "empty").iterdir())
-
-
-def test_script_refuses_an_out_that_holds_another_run(tmp_path, script, capsys):
-    run = write_run(tmp_path / "run", synthetic_history(**SMALL))
-    other = write_run(tmp_path / "other", synthetic_history(**SMALL))
-    assert script.main([str(run), "--out", str(other)]) == 1
-    assert "holds a training run" in capsys.readouterr().err
-    assert not (other / "accuracy.png").exists()

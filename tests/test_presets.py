@@ -12,6 +12,8 @@ import pytest
 from jaxmlp import loop, model, train
 from jaxmlp.config import PRESETS, Config
 
+pytestmark = pytest.mark.slow  # every rung compiled several times: about 15 s cold
+
 B1, B2, EPS = 0.9, 0.999, 1e-8  # Adam's defaults, as in tf.train.AdamOptimizer
 
 

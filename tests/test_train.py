@@ -199,6 +199,7 @@ class _BNNet(nnx.Module):
         return self.b(self.drop(jax.nn.relu(self.bn(self.a(x)))))
 
 
+@pytest.mark.slow
 def test_a_batchnorm_model_trains_under_jit_scan_and_vmap():
     state = train.TrainState.create(_BNNet(nnx.Rngs(0)), optax.sgd(0.1))
     batch = _batch(32)

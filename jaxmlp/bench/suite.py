@@ -125,8 +125,8 @@ def _host_fed(state, arrays: dict, batches: np.ndarray):
         s = jax.block_until_ready(jax.tree.map(jnp.copy, state))  # train_step donates its input
         losses = []
         t = time.perf_counter()
-        for idx in batches:
-            s, m = train.train_step(s, {"image": images[idx], "label": labels[idx]})
+        for rows in batches:
+            s, m = train.train_step(s, {"image": images[rows], "label": labels[rows]})
             losses.append(m["loss"])
         jax.block_until_ready(s)
         return {"value": len(batches) / (time.perf_counter() - t),
@@ -142,8 +142,9 @@ def _single_state(arrays: dict, steps: int, batch_size: int, members=((0, None),
     """(state, orders, batches): jaxmlp's initial state for the seed run's MLP and SGD at 0.3,
     its data order, and for one model the batches (steps, batch_size) that order draws."""
     n = len(arrays["train_labels"])
-    state, _, orders = loop.init_run(loop.mlp_init(Config()), members, steps, steps, n,
-                                     batch_size, len(members) > 1)
+    state, _, orders = loop.init_run(loop.mlp_init(Config()), [s for s, _ in members], num_steps=steps,
+                                     eval_every=steps, num_examples=n, batch_size=batch_size,
+                                     ensemble=len(members) > 1)
     per_epoch = n // batch_size
     batches = orders[:, :per_epoch * batch_size].reshape(-1, batch_size)[:steps] \
         if len(members) == 1 else None
