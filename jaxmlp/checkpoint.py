@@ -15,6 +15,7 @@ import os
 import jax
 import numpy as np
 
+from jaxmlp import parallel
 from jaxmlp.records import RecordError
 from jaxmlp.train import TrainState
 
@@ -62,8 +63,8 @@ def _digest(arrays: dict) -> np.ndarray:
     """SHA-256 over each array's path, dtype, shape and bytes, as 32 uint8. Orbax keeps no
     checksum of array data: without this a garbled file restores as garbage parameters."""
     h = hashlib.sha256()
-    for path, x in jax.tree_util.tree_flatten_with_path(arrays)[0]:
-        a = np.ascontiguousarray(jax.device_get(x))
+    for path, x in jax.tree_util.tree_flatten_with_path(parallel.host(arrays))[0]:
+        a = np.ascontiguousarray(x)
         h.update(f"{jax.tree_util.keystr(path)}:{a.dtype}:{a.shape};".encode())
         h.update(a.tobytes())
     return np.frombuffer(h.digest(), np.uint8).copy()
@@ -73,7 +74,7 @@ def save(mngr, state: TrainState, history: dict) -> int:
     """Save at the run's step (the furthest member's), with its digest; returns that step."""
     import orbax.checkpoint as ocp
 
-    step = int(jax.device_get(state.step).max())
+    step = int(np.max(parallel.host(state.step)))
     if step not in mngr.all_steps():
         arrays = _arrays(state, history)
         mngr.save(step, args=ocp.args.StandardSave({**arrays, DIGEST: _digest(arrays)}))

@@ -4,7 +4,8 @@ One 1-D mesh over every device. A single model trains data-parallel: the
 dataset and parameters are replicated and each step's batch axis is split
 over the mesh (XLA inserts the gradient all-reduce). An ensemble whose size
 the device count divides is split over the model axis instead: members are
-independent, so that needs no communication at all.
+independent, so that needs no communication at all. Across processes the mesh
+spans every process's devices; ``host`` and ``gather`` bring values to each host.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import dataclasses
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "devices"
@@ -62,6 +64,8 @@ def _put(tree, sharding):
     # Across processes each host builds its shards from its own copy (device_put would
     # compare the copies, and NaN placeholders never compare equal).
     def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:  # global already
+            return x
         if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):  # keys: place their raw data
             return jax.random.wrap_key_data(one(jax.random.key_data(x)), impl=jax.random.key_impl(x))
         x = np.asarray(x)
@@ -76,12 +80,23 @@ def plan(batch_size: int, num_models: int = 1, devices=None) -> Placement:
     if n == 1:
         return Placement(None, "single")
     mesh = Mesh(np.asarray(devices), (AXIS,))
-    # Across processes, keep everything replicated but the batch, so every host can read
-    # the metrics and parameters it reports without a gather.
-    if num_models > 1 and num_models % n == 0 and jax.process_count() == 1:
+    if num_models > 1 and num_models % n == 0:
         return Placement(mesh, "model")
     if batch_size % n:
         raise PlacementError(
             f"batch size {batch_size} cannot be split evenly over {n} devices; "
             f"use a multiple of {n} (e.g. --batch-size {((batch_size + n - 1) // n) * n})")
     return Placement(mesh, "data")
+
+
+def host(tree):
+    """Host (numpy) copies of ``tree``'s arrays: across processes, each one's global value,
+    gathered (a collective: every process calls it, in the same order)."""
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def gather(value: int) -> np.ndarray:
+    """(process_count,) int32: ``value`` from every process, in process order (a collective)."""
+    return np.asarray(host(np.asarray([value], np.int32)))  # a host's own array: concatenated

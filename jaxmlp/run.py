@@ -90,15 +90,14 @@ def train_and_evaluate(config: Config, *, init: loop.Init | None = None,
         clock["loaded"] = time.perf_counter()
         placement, state, history, progs = _compile(config, init, dataset, devices)
         clock["compiled"] = time.perf_counter()
-        if stop.signum is not None:
-            raise Interrupted("interrupted during start-up: nothing was trained or written",
-                              stop.signum)
+        if _stopping(stop):
+            raise Interrupted("interrupted during start-up: nothing was trained or written", stop.signum)
         ckpt = None
         if out_dir is not None:
             if replace:  # only now that the new run has passed every check and compiled
                 records.clear_run(out_dir)
-            if jax.process_count() == 1:
-                ckpt = checkpoint.manager(f"{out_dir}/{records.CHECKPOINTS}")
+            parallel.gather(0)  # many processes: the others open the folder once it is ready
+            ckpt = checkpoint.manager(f"{out_dir}/{records.CHECKPOINTS}")
         if resume:
             state, history = placement.put_state(checkpoint.restore(ckpt, state, history))
         else:  # step 0: the same program scores the initial model (it donates its 2nd arg)
@@ -107,8 +106,7 @@ def train_and_evaluate(config: Config, *, init: loop.Init | None = None,
         if out_dir is not None and jax.process_index() == 0:
             records.atomic_write_json(f"{out_dir}/{records.CONFIG}", config.to_dict())
         reporter = reporter or Reporter(quiet=quiet)
-        outcome = _loop(config, state, history, progs, ckpt, reporter, stop,
-                        len(dataset.train_labels))
+        outcome = _loop(config, state, history, progs, ckpt, reporter, stop, len(dataset.train_labels))
         clock["trained"] = time.perf_counter()
         summary = _summary(config, init, outcome, dataset, placement, clock)
         if out_dir is not None and jax.process_index() == 0:
@@ -121,15 +119,9 @@ def train_and_evaluate(config: Config, *, init: loop.Init | None = None,
 # Phases -------------------------------------------------------------------------
 
 def _folder(config: Config, out_dir, resume: bool, overwrite: bool, held):
-    """Check ``out_dir`` and hold it for this run. Returns (out_dir, or None where this
-    process writes nothing; whether the run in it is to be replaced)."""
-    if jax.process_count() > 1:
-        # Many hosts: every process trains, only the first writes records; checkpoints
-        # (every process writing its shards) are not supported yet.
-        if resume or config.checkpoint_every:
-            raise ConfigError("--resume and --checkpoint-every are not supported with several processes")
-        if jax.process_index() != 0:
-            return None, False
+    """Check ``out_dir`` and hold it for this run. Returns (out_dir; whether the run in it
+    is to be replaced). Many processes share process 0's folder: it alone makes, holds and
+    clears it and writes the records; they agree on whether it could."""
     if out_dir is None:
         if resume:
             raise ConfigError("resume needs the run's folder (out_dir)")
@@ -141,12 +133,20 @@ def _folder(config: Config, out_dir, resume: bool, overwrite: bool, held):
             s = records.read_json(summary)
             if done >= config.steps and s.get("status") == "complete" and s.get("steps") == config.steps:
                 raise AlreadyComplete(f"{out_dir} already ran all {config.steps} steps; nothing to do")
-    records.make_folder(out_dir)
-    held.enter_context(records.locked(out_dir))
-    replace = not resume and records.holds_a_run(out_dir)
-    if replace and not overwrite:
-        raise records.RecordError(f"{out_dir} already holds a run; continue it with --resume "
-                                  f"{out_dir}, or replace it with --overwrite")
+    replace = False
+    if jax.process_index() == 0:
+        try:
+            records.make_folder(out_dir)
+            held.enter_context(records.locked(out_dir))
+            replace = not resume and records.holds_a_run(out_dir)
+            if replace and not overwrite:
+                raise records.RecordError(f"{out_dir} already holds a run; continue it with "
+                                          f"--resume {out_dir}, or replace it with --overwrite")
+        except records.RecordError:
+            parallel.gather(0)  # the other processes stop too
+            raise
+    if not parallel.gather(1).all():
+        raise records.RecordError(f"process 0 could not hold {out_dir}; its message says why")
     return out_dir, replace
 
 
@@ -244,10 +244,10 @@ class _Outcome(NamedTuple):
 
 
 def _loop(config: Config, state, history, progs: _Programs, ckpt, reporter, stop, n_train):
-    step = first = int(np.max(jax.device_get(state.step)))
+    step = first = int(np.max(parallel.host(state.step)))
     alive = progs.all_alive
     if first:  # a resumed run: members that diverged before stay dead
-        bad = hist.first_nonfinite_steps(hist.to_numpy(history))
+        bad = hist.first_nonfinite_steps(hist.to_numpy(parallel.host(history)))
         alive = progs.put(np.asarray([b is None for b in bad]).reshape(np.shape(alive)))
     status, predicted = "complete", None
     reporter.start(config, start_step=step, examples_per_epoch=n_train,
@@ -260,7 +260,7 @@ def _loop(config: Config, state, history, progs: _Programs, ckpt, reporter, stop
             alive, predicted = report["alive"], report.pop("predicted", None)
             # The next chunk trains while the host reads this one's report; a stop drops it.
             chunk = (state, *progs.train(state)) if step + config.eval_every < config.steps else None
-            report = {k: np.asarray(v) for k, v in jax.device_get(report).items()}
+            report = {k: np.asarray(v) for k, v in parallel.host(report).items()}
             step = int(report.pop("step"))
             if not config.is_ensemble:  # one model: a model axis of 1, as the reporter expects
                 report = {k: v[None] for k, v in report.items()}
@@ -270,14 +270,14 @@ def _loop(config: Config, state, history, progs: _Programs, ckpt, reporter, stop
                 break
             if ckpt is not None and config.checkpoint_every and step % config.checkpoint_every == 0:
                 checkpoint.save(ckpt, state, history)
-            if stop.signum is not None:
+            if _stopping(stop):
                 status = "interrupted"
                 break
     finally:
         reporter.close()
     if ckpt is not None and status != "diverged":
         checkpoint.save(ckpt, state, history)  # dead members hold their last finite state
-    return _Outcome(state, hist.truncate(history, step), step, status, first,
+    return _Outcome(state, hist.truncate(parallel.host(history), step), step, status, first,
                     None if predicted is None else np.asarray(predicted))
 
 
@@ -322,22 +322,20 @@ def _write(out_dir, config: Config, outcome: _Outcome, dataset: data.Dataset, su
     if not config.is_ensemble:
         predicted = outcome.predicted
         if predicted is None:  # a resume that only completes the records: no evaluation ran
-            predicted = np.asarray(train.predict(outcome.state, jnp.asarray(dataset.test_images)))
+            state = jax.tree.map(lambda x: x.addressable_data(0), outcome.state)  # this host's copy
+            predicted = np.asarray(train.predict(state, jnp.asarray(dataset.test_images)))
         wrong = _misclassified(predicted, dataset)
         records.atomic_save_npz(f"{out_dir}/{records.MISCLASSIFIED}", wrong)
     plot.plot_history(outcome.history, out_dir, misclassified=wrong,
                       members=config.member_names if config.is_ensemble else None,
-                      class_names=dataset.class_names, title=_title(out_dir, config, dataset))
+                      class_names=dataset.class_names,
+                      title=f"{str(out_dir).rstrip('/').split('/')[-1]}: {dataset.name}, {config.preset}")
     clock["written"] = time.perf_counter()
     summary = {**summary, "environment": records.environment(),
                "wall_seconds": clock["written"] - clock["started"]}
     summary["timings"]["write_seconds"] = clock["written"] - clock["trained"]
     records.atomic_write_json(f"{out_dir}/{records.SUMMARY}", summary)
     return summary
-
-
-def _title(out_dir, config: Config, dataset: data.Dataset) -> str:
-    return f"{str(out_dir).rstrip('/').split('/')[-1]}: {dataset.name}, {config.preset}"
 
 
 def _misclassified(predicted: np.ndarray, dataset: data.Dataset, limit: int = 40) -> dict:
@@ -367,6 +365,13 @@ def _finish(config: Config, outcome: _Outcome, summary: dict, out_dir, stop) -> 
 SECOND_SIGNAL_AFTER = 1.0
 """Seconds after the first signal before a second one stops at once: one stop can arrive
 twice (GNU ``timeout`` signals the process, then its process group)."""
+
+
+def _stopping(stop) -> bool:
+    """Whether any process was signalled (one small collective); the others take its number."""
+    got = [int(s) for s in parallel.gather(stop.signum or 0) if s]
+    stop.signum = stop.signum or next(iter(got), None)
+    return bool(got)
 
 
 @contextlib.contextmanager

@@ -64,6 +64,8 @@ def main(argv=None) -> int:
     from jaxmlp import records  # no JAX yet: flags are checked before paying for it
 
     try:
+        if args.distributed and not (args.out or args.resume):
+            raise ConfigError("--distributed needs --out DIR (or --resume DIR), one folder all processes see")
         if args.resume:
             if args.preset or args.out or args.overwrite:
                 raise ConfigError("--resume continues the saved run in its own folder; "
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
             else:  # a default folder that got nothing
                 os.rmdir(out)
     s = result.summary
-    if not args.quiet:
+    if not args.quiet and jax.process_index() == 0:  # process 0 wrote the records
         acc = s["final_test_accuracy"]
         acc = f"{acc:.4f}" if not config.is_ensemble else f"{min(acc):.4f}-{max(acc):.4f} over members"
         print(f"final test accuracy {acc} after {s['steps']} steps in {s['wall_seconds']:.1f} s; "

@@ -181,13 +181,6 @@ def test_without_a_folder_nothing_is_written_and_the_result_is_returned(tmp_path
     assert result.history["test_accuracy"].shape == (3,) and result.summary["steps"] == 40
 
 
-def test_several_processes_refuse_checkpoints_and_resume_in_one_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    for config, resume in ((SMALL.replace(checkpoint_every=20), False), (SMALL, True)):
-        with pytest.raises(ConfigError, match="not supported with several processes"):
-            run.train_and_evaluate(config, dataset=synthetic(300, 60), out_dir=tmp_path, resume=resume)
-
-
 def test_a_corrupt_checkpoint_is_one_line_naming_the_one_before(tmp_path):
     """Orbax keeps no checksum of array data: the digest saved with each checkpoint must
     catch flipped bytes (or Orbax's own error must), in one line that says what to do."""

@@ -52,6 +52,7 @@ def test_every_config_field_has_a_flag(script):
     (["--seeds", "1,x"], "expected comma-separated ints"),
     (["--resume", "nowhere"], "run folder nowhere does not exist"),
     (["--resume", "x", "--out", "y"], "drop --preset, --out and --overwrite"),
+    (["--distributed"], "--distributed needs --out DIR"),
 ])
 def test_bad_flags_fail_in_one_line_before_any_work(script, capsys, flags, fragment):
     try:
