@@ -84,8 +84,8 @@ def train_and_evaluate(config: Config, *, init: loop.Init | None = None,
         dataset = dataset if dataset is not None else data.load(
             config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
             train_split=config.train_split, test_split=config.test_split, progress=not quiet)
-        init = init or loop.mlp_init(config, np.shape(dataset.train_images)[1:],
-                                     _num_classes(dataset))
+        model_name = f"init {getattr(init, '__qualname__', repr(init))}" if init else "mlp (from the config)"
+        init = init or loop.mlp_init(config, np.shape(dataset.train_images)[1:], _num_classes(dataset))
         _check(config, init, dataset)
         clock["loaded"] = time.perf_counter()
         placement, state, history, progs = _compile(config, init, dataset, devices)
@@ -108,7 +108,7 @@ def train_and_evaluate(config: Config, *, init: loop.Init | None = None,
         reporter = reporter or Reporter(quiet=quiet)
         outcome = _loop(config, state, history, progs, ckpt, reporter, stop, len(dataset.train_labels))
         clock["trained"] = time.perf_counter()
-        summary = _summary(config, init, outcome, dataset, placement, clock)
+        summary = _summary(config, model_name, outcome, dataset, placement, clock)
         if out_dir is not None and jax.process_index() == 0:
             summary = _write(out_dir, config, outcome, dataset, summary, clock)
         if ckpt is not None:
@@ -163,15 +163,15 @@ def _check(config: Config, init, dataset: data.Dataset) -> None:
             raise ConfigError(msg)
 
     tr, te = np.shape(dataset.train_images), np.shape(dataset.test_images)
+    dtype, test_dtype = np.asarray(dataset.train_images).dtype, np.asarray(dataset.test_images).dtype
     for split, images, labels in (("train", tr, dataset.train_labels), ("test", te, dataset.test_labels)):
         need(len(images) >= 1 and np.ndim(labels) == 1 and len(labels) == images[0],
              f"{split} labels must be (N,) with one label per image; images {images}, "
              f"labels {np.shape(labels)}")
         need(np.issubdtype(np.asarray(labels).dtype, np.integer),
              f"{split} labels must be integers, got {np.asarray(labels).dtype}")
-    need(tr[1:] == te[1:] and np.asarray(dataset.train_images).dtype == np.asarray(dataset.test_images).dtype,
-         f"train and test images disagree: {tr[1:]} {np.asarray(dataset.train_images).dtype} "
-         f"against {te[1:]} {np.asarray(dataset.test_images).dtype}")
+    need(tr[1:] == te[1:] and dtype == test_dtype,
+         f"train and test images disagree: {tr[1:]} {dtype} against {te[1:]} {test_dtype}")
     need(config.batch_size <= tr[0],
          f"batch_size {config.batch_size} exceeds the {tr[0]} training examples")
     sweep = bool(config.learning_rates)
@@ -182,13 +182,12 @@ def _check(config: Config, init, dataset: data.Dataset) -> None:
         if "inject_hyperparams" in str(e):
             raise ConfigError(f"{e}; or drop --learning-rates") from None
         raise
-    batch = jax.ShapeDtypeStruct((2, *tr[1:]), np.asarray(dataset.train_images).dtype)
+    batch = jax.ShapeDtypeStruct((2, *tr[1:]), dtype)
     try:
         logits = jax.eval_shape(lambda s, x: train.forward(s, s.params, x, train=False)[0], state, batch)
     except Exception as e:
         why = records.one_line(e).split(". ")[0][:200]
-        raise ConfigError(f"the model cannot take images of shape {tr[1:]} "
-                          f"({np.asarray(dataset.train_images).dtype}): {why}") from None
+        raise ConfigError(f"the model cannot take images of shape {tr[1:]} ({dtype}): {why}") from None
     need(len(logits.shape) == 2 and logits.shape[0] == 2,
          f"the model must give logits (B, classes) for images (B, {', '.join(map(str, tr[1:]))}); "
          f"got {tuple(logits.shape)}")
@@ -281,7 +280,8 @@ def _loop(config: Config, state, history, progs: _Programs, ckpt, reporter, stop
                     None if predicted is None else np.asarray(predicted))
 
 
-def _summary(config: Config, init, outcome: _Outcome, dataset: data.Dataset, placement, clock) -> dict:
+def _summary(config: Config, model_name: str, outcome: _Outcome, dataset: data.Dataset, placement,
+             clock) -> dict:
     h = outcome.history
     first_bad = hist.first_nonfinite_steps(h)
     results = hist.summarize(h)
@@ -292,12 +292,10 @@ def _summary(config: Config, init, outcome: _Outcome, dataset: data.Dataset, pla
                 "final_test_accuracy": pick(results["final_test_accuracy"], i),
                 "best_test_accuracy": pick(results["best_test_accuracy"], i)}
                for i, (name, (seed, lr)) in enumerate(zip(config.member_names, config.members))]
-    final = {f"final_test_{k}": h[f"test_{k}"][..., -1] for k in hist.metric_names(h)}
-    return {"status": outcome.status, **results, **final,
+    extra = {f"final_test_{k}": h[f"test_{k}"][..., -1] for k in hist.metric_names(h)[2:]}  # yours
+    return {"status": outcome.status, **results, **extra,
             "resumed_from_step": outcome.resumed_from, "config": config.to_dict(),
-            "model": "mlp (from the config)" if init is loop.mlp_init(
-                config, np.shape(dataset.train_images)[1:], _num_classes(dataset))
-            else f"init {getattr(init, '__qualname__', repr(init))}",
+            "model": model_name,
             "members": members,
             "data": {"name": dataset.name, "version": dataset.version, "source": dataset.source,
                      "train_split": dataset.train_split, "test_split": dataset.test_split,

@@ -392,8 +392,10 @@ def test_mock_data_is_read_in_batches_and_never_cached(prepared, tmp_path):
     with tfds.testing.mock_data(num_examples=7):
         ds = data.load("fashion_mnist", data_dir=data_dir)
         over_cache = data.load("mnist", data_dir=prepared[0])  # the warm cache is not seen
+        sliced = data.load("fashion_mnist", data_dir=data_dir, train_split="train[2:]")
     assert ds.source == "mock" and ds.class_names[0] == "T-shirt/top"
     assert ds.train_images.shape == (7, 28, 28) and ds.train_images.dtype == np.uint8
     assert ds.test_labels.shape == (7,) and ds.test_labels.dtype == np.int32
     assert (over_cache.source, len(over_cache.train_labels)) == ("mock", 7)
+    assert len(sliced.train_labels) == 7  # the mock ignores slices (docs/data.md says so)
     assert_nothing_left(data_dir)
